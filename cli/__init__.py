@@ -1,0 +1,14 @@
+"""Headless runner for PartID workflows.
+
+``python -m <repo_dir> run WORKFLOW.json ...`` submits an API-format workflow to a
+ComfyUI server (starting a local one if none answers) and downloads the outputs.
+
+Modules:
+  * ``cli.runner``   - command line, exit codes, server check/launch, timeout/cancel handling
+  * ``cli.client``   - ComfyUI HTTP/websocket protocol: upload, submit, stream events, download
+  * ``cli.workflow`` - loading and editing API-format workflows (pure functions)
+  * ``cli.server``   - ``ComfyServer`` (start/wait/stop a ComfyUI process) and ``find_comfyui``
+
+Nothing here imports torch or comfy: the runner must stay light enough to run
+next to (not inside) a ComfyUI process.
+"""

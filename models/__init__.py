@@ -1,0 +1,1 @@
+"""PartID engine: plain PyTorch, no ComfyUI imports, testable anywhere."""

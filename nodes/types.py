@@ -1,0 +1,9 @@
+"""PartID's custom edge types. Named so they cannot be wired into other packs' look-alike types."""
+from comfy_api.latest import io
+
+FaceParser = io.Custom("PARTID_FACE_PARSER")
+BodyParser = io.Custom("PARTID_BODY_PARSER")
+FaceAnalyzer = io.Custom("PARTID_FACE_ANALYZER")
+ConsistentIDAdapter = io.Custom("PARTID_CONSISTENTID")
+VisualPersonaAdapter = io.Custom("PARTID_VISUAL_PERSONA")
+DINOv2 = io.Custom("PARTID_DINOV2")

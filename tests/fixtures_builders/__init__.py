@@ -1,0 +1,1 @@
+"""Builders for test fixtures in the official formats, with random weights (no downloads)."""

@@ -1,0 +1,35 @@
+"""Lay the cached random-weight files out as a user's ComfyUI/models folder (symlinks, no copies)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from . import adapters, parsers
+from .cache import cached
+from .insightface_packs import build_pack
+
+
+def _link(src: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if not dest.exists():
+        os.symlink(src, dest)
+
+
+def populate_models_dir(root: Path, with_checkpoint: bool = True, with_sdxl: bool = True) -> Path:
+    root = Path(root)
+    if with_checkpoint:
+        from .sd_models import sd15_checkpoint
+
+        _link(sd15_checkpoint(), root / "checkpoints" / "partid_random_sd15.safetensors")
+    _link(parsers.bisenet_pth(), root / "face_parsing" / "face_parsing.pth")
+    _link(parsers.segformer_face_folder(), root / "face_parsing" / "segformer_face_parsing")
+    _link(parsers.segformer_clothes_folder(), root / "body_parsing" / "segformer_b2_clothes")
+    for pack in ("buffalo_l", "antelopev2"):
+        built = cached(f"insightface/models/{pack}", lambda p, pack=pack: build_pack(str(p), pack))
+        _link(built, root / "insightface" / "models" / pack)
+    _link(adapters.consistentid_bin("sd15"), root / "identity_adapters" / "ConsistentID-v1.bin")
+    if with_sdxl:
+        _link(adapters.consistentid_bin("sdxl"), root / "identity_adapters" / "ConsistentID_SDXL-v1.bin")
+    _link(adapters.visual_persona_bin(), root / "identity_adapters" / "weight.bin")
+    _link(parsers.dinov2_hub_pth("vits14"), root / "dinov2" / "dinov2_vits14_pretrain.pth")
+    return root

@@ -1,0 +1,76 @@
+"""SD1.5 models built with the real ComfyUI: a full-size random checkpoint and a tiny in-process UNet.
+
+Only imported when ComfyUI is importable (tiers B and C).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .cache import cached
+
+# What ComfyUI's model detection derives from an SD1.5 checkpoint.
+SD15_UNET = {
+    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+    "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 320,
+    "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "channel_mult": [1, 2, 4, 4],
+    "transformer_depth_middle": 1, "use_linear_in_transformer": False, "context_dim": 768,
+    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+    "use_temporal_attention": False, "use_temporal_resblock": False,
+}
+# Same layout (attention at every level, 768-wide context), 32 channels: milliseconds per step.
+TINY_SD15_UNET = dict(SD15_UNET, model_channels=32, num_res_blocks=[1, 1], channel_mult=[1, 2],
+                      transformer_depth=[1, 1, 1, 1], transformer_depth_output=[1, 1, 1, 1, 1, 1])
+SD15_VAE = dict(double_z=True, z_channels=4, resolution=256, in_channels=3, out_ch=3, ch=128, ch_mult=[1, 2, 4, 4],
+                num_res_blocks=2, attn_resolutions=[], dropout=0.0)
+
+
+def init_random_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """ComfyUI builds layers without initialising them: give every tensor small random values."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.ndim == 0:
+                p.fill_(1.0 if "scale" in name else 0.0)
+            elif p.ndim == 1:
+                p.copy_(torch.ones_like(p) if "norm" in name and name.endswith("weight") else torch.zeros_like(p))
+            else:
+                fan_in = p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=gen) / fan_in ** 0.5)
+    return module
+
+
+def sd15_model(unet_config: dict, seed: int = 0):
+    import comfy.supported_models
+
+    config = comfy.supported_models.SD15(unet_config)
+    model = config.get_model({}, device="cpu")
+    return init_random_(model, seed)
+
+
+def tiny_sd15_patcher(seed: int = 0):
+    """A tiny SD1.5-layout UNet inside a real ModelPatcher."""
+    import comfy.model_patcher
+
+    model = sd15_model(TINY_SD15_UNET, seed)
+    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+def sd15_checkpoint() -> Path:
+    """A full-size SD1.5 checkpoint (UNet + CLIP-L + VAE, fp16 safetensors, about 2.1 GB), random weights."""
+    def build(path):
+        import comfy.ldm.models.autoencoder
+        import comfy.sd1_clip
+        from safetensors.torch import save_file
+
+        model = sd15_model(SD15_UNET, 0)
+        clip = init_random_(comfy.sd1_clip.SD1ClipModel(device="cpu", dtype=torch.float32), 1)
+        clip_sd = clip.state_dict()
+        vae = init_random_(comfy.ldm.models.autoencoder.AutoencoderKL(ddconfig=SD15_VAE, embed_dim=4), 2)
+        sd = model.state_dict_for_saving(clip_sd, vae.state_dict(), None)
+        sd = {k: v.to(torch.float16).contiguous() for k, v in sd.items()
+              if not k.endswith("position_ids") and "logit_scale" not in k}
+        save_file(sd, str(path))
+
+    return cached("checkpoints/partid_random_sd15.safetensors", build)
