@@ -136,6 +136,8 @@ def readme_table() -> str:
     """The README's model table, generated so it never drifts from the catalog."""
     rows = ["| model | file(s) | folder (under ComfyUI/models) | source | licence |", "|---|---|---|---|---|"]
     for e in CATALOG:
-        folder = "/".join(FOLDERS[e.folder].subdirs[:1]) + ("/<name>/" if e.is_pack else "/")
+        folder = FOLDERS[e.folder].subdirs[0] + "/"
+        if e.is_pack:  # insightface packs keep the ecosystem's models/<pack>/ nesting
+            folder += ("models/" if e.folder == "insightface" else "") + e.name + "/"
         rows.append(f"| {e.description} | {', '.join(f'`{f}`' for f in e.filenames)} | `{folder}` | {e.source} | {e.licence} |")
     return "\n".join(rows)

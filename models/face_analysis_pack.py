@@ -43,4 +43,12 @@ def open_pack(search_roots: list[str], name: str, provider: str = "auto") -> Fac
     options.log_severity_level = 3
     sessions = {role: ort.InferenceSession(path, sess_options=options, providers=providers)
                 for role, path in files.items() if role in ("detection", "recognition")}
-    return FaceAnalysisModels(name, folder, files, providers, sessions)
+    # onnxruntime-gpu lists CUDA even where its libraries cannot load, then quietly runs on the CPU:
+    # report what the sessions really use, and refuse an explicit "cuda" that did not take.
+    used = next(iter(sessions.values())).get_providers()
+    if provider == "cuda" and "CUDAExecutionProvider" not in used:
+        raise ModelFileError(
+            "[PartID] provider 'cuda' was asked for but onnxruntime could not start CUDA (it runs on "
+            f"{', '.join(used)}). Fix: install the CUDA and cuDNN versions your onnxruntime-gpu needs "
+            "(pip install onnxruntime-gpu[cuda,cudnn]), or choose provider 'auto'.")
+    return FaceAnalysisModels(name, folder, files, used, sessions)

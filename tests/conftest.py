@@ -19,7 +19,7 @@ TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:
     sys.path.append(str(TESTS))  # for partid_rig and fixtures_builders; appended so it never shadows ComfyUI
 
-from partid_rig import COMFYUI  # noqa: E402  (also registers the `partid` package)
+from partid_rig import COMFYUI, REPORT  # noqa: E402  (also registers the `partid` package)
 
 TIERS = {"tier_a_engine": "A (engine)", "tier_b_comfy": "B (ComfyUI in-process)",
          "tier_c_server": "C (ComfyUI server)"}
@@ -53,6 +53,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     for tier, label in TIERS.items():
         state = f"{_passed[tier]} passed of {_ran[tier]} run" if _ran[tier] else "did not run"
         tr.write_line(f"tier {label}: {state}")
+    for line in REPORT:
+        tr.write_line(line)
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -30,6 +30,9 @@ from partid.cli.server import find_comfyui  # noqa: E402
 
 COMFYUI = find_comfyui()
 
+# Lines a test wants in the final summary (e.g. what the tier C server listed); conftest prints them.
+REPORT: list[str] = []
+
 
 def free_port() -> int:
     with socket.socket() as s:

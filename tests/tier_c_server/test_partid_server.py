@@ -6,7 +6,7 @@ import struct
 import subprocess
 import sys
 
-from partid_rig import REPO, get_json, post_json
+from partid_rig import REPO, REPORT, get_json, post_json
 
 # Node id -> (output types, required input names): the contract workflows are written against.
 EXPECTED = {
@@ -24,7 +24,7 @@ WORKFLOW = REPO / "workflows" / "partid_model_check_api.json"
 def test_object_info_lists_every_partid_node(partid_server):
     info = get_json(partid_server, "/object_info")
     partid = sorted(k for k in info if k.startswith("PartID"))
-    print("PartID nodes listed by the server:", ", ".join(partid))
+    REPORT.append(f"tier C server {partid_server.url} listed {len(partid)} PartID nodes: {', '.join(partid)}")
     assert set(EXPECTED) <= set(partid)
     for node_id, (outputs, required) in EXPECTED.items():
         assert info[node_id]["output"] == outputs, node_id
