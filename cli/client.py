@@ -164,7 +164,14 @@ def _safe_relpath(subfolder: str, filename: str) -> Path:
 
 async def download_outputs(session, base: str, entry: dict, out_dir: Path) -> list:
     saved = []
+    texts = {}
     for _nid, outputs in sorted((entry.get("outputs") or {}).items(), key=lambda kv: node_sort_key(kv[0])):
+        # Text shown on a node (e.g. PartID Model Info) is logged and kept beside the images.
+        node_texts = [t for t in outputs.get("text", []) if isinstance(t, str)]
+        if node_texts:
+            texts[_nid] = node_texts
+            for t in node_texts:
+                log.info("node %s: %s", _nid, t)
         for items in outputs.values():
             for item in items if isinstance(items, list) else []:
                 if not (isinstance(item, dict) and item.get("filename")):
@@ -178,6 +185,11 @@ async def download_outputs(session, base: str, entry: dict, out_dir: Path) -> li
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     dest.write_bytes(await resp.read())
                 saved.append(dest)
+    if texts:
+        dest = out_dir / "text_outputs.json"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(json.dumps(texts, indent=1))
+        saved.append(dest)
     return saved
 
 
