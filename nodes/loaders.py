@@ -22,6 +22,15 @@ def _as_input_error(node: str, input_name: str, exc: ModelFileError) -> InputErr
     return InputError(node, input_name, str(exc).removeprefix("[PartID] "), "choose a file of the right kind.")
 
 
+def _load(node: str, input_name: str, choice: str, kind: str, folder: str, download: bool, read):
+    """Resolve the choice to a file (downloading when allowed), read it, and name the node on failure."""
+    path = resolve(node, input_name, choice, kind, folder, download)
+    try:
+        return io.NodeOutput(read(path))
+    except ModelFileError as exc:
+        raise _as_input_error(node, input_name, exc) from exc
+
+
 class FaceParserLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -35,11 +44,8 @@ class FaceParserLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, parser, download=False):
-        path = resolve("PartID Face Parser Loader", "parser", parser, "face_parser", "face_parsing", download)
-        try:
-            return io.NodeOutput(model_files.load_parser(path, "face"))
-        except ModelFileError as exc:
-            raise _as_input_error("PartID Face Parser Loader", "parser", exc) from exc
+        return _load("PartID Face Parser Loader", "parser", parser, "face_parser", "face_parsing", download,
+                     lambda path: model_files.load_parser(path, "face"))
 
 
 class BodyParserLoader(io.ComfyNode):
@@ -54,11 +60,8 @@ class BodyParserLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, parser, download=False):
-        path = resolve("PartID Body Parser Loader", "parser", parser, "body_parser", "body_parsing", download)
-        try:
-            return io.NodeOutput(model_files.load_parser(path, "body"))
-        except ModelFileError as exc:
-            raise _as_input_error("PartID Body Parser Loader", "parser", exc) from exc
+        return _load("PartID Body Parser Loader", "parser", parser, "body_parser", "body_parsing", download,
+                     lambda path: model_files.load_parser(path, "body"))
 
 
 PACKS = ("buffalo_l", "antelopev2")
@@ -95,15 +98,14 @@ class _AdapterLoader(io.ComfyNode):
 
     @classmethod
     def load(cls, node_name, adapter, model, download):
-        path = resolve(node_name, "adapter", adapter, "adapter", "identity_adapters", download)
-        try:
+        def read(path):
             weights = model_files.load_adapter(path, cls.FAMILY)
             if model is not None:
                 unet_config = model.model.model_config.unet_config
                 model_files.check_base(weights, unet_config.get("context_dim"), type(model.model).__name__)
-        except ModelFileError as exc:
-            raise _as_input_error(node_name, "adapter", exc) from exc
-        return io.NodeOutput(weights)
+            return weights
+
+        return _load(node_name, "adapter", adapter, "adapter", "identity_adapters", download, read)
 
 
 class ConsistentIDLoader(_AdapterLoader):
@@ -157,11 +159,7 @@ class DINOv2Loader(io.ComfyNode):
 
     @classmethod
     def execute(cls, dinov2, download=False):
-        path = resolve("PartID DINOv2 Loader", "dinov2", dinov2, "dinov2", "dinov2", download)
-        try:
-            return io.NodeOutput(model_files.load_dinov2(path))
-        except ModelFileError as exc:
-            raise _as_input_error("PartID DINOv2 Loader", "dinov2", exc) from exc
+        return _load("PartID DINOv2 Loader", "dinov2", dinov2, "dinov2", "dinov2", download, model_files.load_dinov2)
 
 
 NODES = [FaceParserLoader, BodyParserLoader, FaceAnalysisLoader, ConsistentIDLoader, VisualPersonaLoader, DINOv2Loader]
