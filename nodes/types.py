@@ -7,3 +7,5 @@ FaceAnalyzer = io.Custom("PARTID_FACE_ANALYZER")
 ConsistentIDAdapter = io.Custom("PARTID_CONSISTENTID")
 VisualPersonaAdapter = io.Custom("PARTID_VISUAL_PERSONA")
 DINOv2 = io.Custom("PARTID_DINOV2")
+LabelMap = io.Custom("PARTID_LABEL_MAP")      # models.parsing.LabelMap: int map + label names
+Faces = io.Custom("PARTID_FACES")             # models.face_analysis.FaceAnalysisResult
