@@ -24,11 +24,8 @@ class LabelMap:
         raise KeyError(f"label {name!r} is not one of {', '.join(self.labels)}")
 
     def mask(self, names) -> torch.Tensor:
-        """Float [B,H,W] mask of the union of the named labels (names absent from this parser are ignored)."""
+        """Float [B,H,W] mask of the union of the named labels; an unknown name raises KeyError."""
         out = torch.zeros(self.maps.shape, dtype=torch.float32, device=self.maps.device)
         for name in names:
-            try:
-                out = torch.maximum(out, (self.maps == self.index_of(name)).float())
-            except KeyError:
-                continue
+            out = torch.maximum(out, (self.maps == self.index_of(name)).float())
         return out

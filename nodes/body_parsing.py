@@ -1,0 +1,2 @@
+"""(being written) ComfyUI glue for body parsing."""
+NODES: list = []

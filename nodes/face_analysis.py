@@ -1,0 +1,2 @@
+"""(being written) ComfyUI glue for face analysis."""
+NODES: list = []
