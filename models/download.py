@@ -77,6 +77,8 @@ def download(entry: ModelFile, folder: str, *, progress: ProgressFn | None = Non
             f"Licence: {entry.licence}.")
     from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
 
+    # A mirror (HF_ENDPOINT) is honoured even when set after huggingface_hub was imported.
+    endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
     dest = target_folder(entry, folder)
     os.makedirs(dest, exist_ok=True)
     lock = _read_lock(folder)
