@@ -21,6 +21,7 @@ Shape = tuple[int, ...]
 @dataclass(frozen=True)
 class CheckpointFormat:
     name: str                        # e.g. "ConsistentID SD1.5"
+    family: str                      # which loader reads it: "ConsistentID", "Visual Persona", "BiSeNet"
     kind: str                        # catalog kind: adapter | face_parser | dinov2 ...
     base: str | None                 # "sd15" | "sdxl" | None (base-independent)
     context_dim: int | None          # cross-attention width of the base the file needs
@@ -80,7 +81,7 @@ def _consistentid(variant: str, label: str) -> CheckpointFormat:
     layout = consistentid_layout(variant)
     proj = next(iter(layout))
     return CheckpointFormat(
-        name=f"ConsistentID {label}", kind="adapter", base=variant,
+        name=f"ConsistentID {label}", family="ConsistentID", kind="adapter", base=variant,
         context_dim=768 if variant == "sd15" else 2048,
         groups={
             # Both spellings occur in the official files (SD1.5 `image_proj`, SDXL `image_proj_model`).
@@ -92,7 +93,7 @@ def _consistentid(variant: str, label: str) -> CheckpointFormat:
 
 
 VISUAL_PERSONA_SDXL = CheckpointFormat(
-    name="Visual Persona SDXL", kind="adapter", base="sdxl", context_dim=2048,
+    name="Visual Persona SDXL", family="Visual Persona", kind="adapter", base="sdxl", context_dim=2048,
     groups={
         "image_proj": (("image_proj",), decoder_signature(), False),
         "ip_adapter": (("ip_adapter",), ip_adapter_layout(), True),
@@ -110,7 +111,7 @@ ADAPTER_FORMATS: tuple[CheckpointFormat, ...] = (
 # The anchors pin the ResNet-18 stem, both refinement modules, the fusion block and the 19-class
 # head; the network's strict load checks every other key.
 BISENET_FACE_PARSING = CheckpointFormat(
-    name="BiSeNet face parser (19 classes)", kind="face_parser", base=None, context_dim=None,
+    name="BiSeNet face parser (19 classes)", family="BiSeNet", kind="face_parser", base=None, context_dim=None,
     groups={"": (("",), {
         "cp.resnet.conv1.weight": (64, 3, 7, 7),
         "cp.arm16.conv.conv.weight": (128, 256, 3, 3),

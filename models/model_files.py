@@ -39,7 +39,7 @@ class AdapterWeights:
 
     @property
     def family(self) -> str:
-        return self.format.name.split(" ")[0] if not self.format.name.startswith("Visual") else "Visual Persona"
+        return self.format.family
 
     def parameter_count(self) -> int:
         return sum(t.numel() for g in self.groups.values() for t in g.values())
@@ -155,7 +155,7 @@ def load_dinov2(path: str) -> DINOv2Weights:
         hint = ""
         try:
             fmt = formats.identify(state, formats.ADAPTER_FORMATS)
-            hint = f" It is a {fmt.name} checkpoint: load it with the {fmt.name.split(' SD')[0]} loader."
+            hint = f" It is a {fmt.name} checkpoint: load it with the {fmt.family} loader."
         except ModelFileError:
             pass
         raise ModelFileError(f"[PartID] {path} is not a DINOv2 torch-hub checkpoint (no cls_token / "
