@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 # Bump when a builder changes what it writes, so stale caches are rebuilt.
-BUILDERS_VERSION = "1"
+BUILDERS_VERSION = "2"
 
 
 def cache_root() -> Path:

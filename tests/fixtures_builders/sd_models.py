@@ -19,6 +19,15 @@ SD15_UNET = {
     "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
     "use_temporal_attention": False, "use_temporal_resblock": False,
 }
+# ComfyUI's detected SDXL base config (comfy/model_detection.py).
+SDXL_UNET = {
+    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
+    "num_classes": "sequential", "adm_in_channels": 2816, "in_channels": 4, "model_channels": 320,
+    "num_res_blocks": [2, 2, 2], "transformer_depth": [0, 0, 2, 2, 10, 10], "channel_mult": [1, 2, 4],
+    "transformer_depth_middle": 10, "use_linear_in_transformer": True, "context_dim": 2048, "num_head_channels": 64,
+    "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10], "use_temporal_attention": False,
+    "use_temporal_resblock": False,
+}
 # Same layout (attention at every level, 768-wide context), 32 channels: milliseconds per step.
 TINY_SD15_UNET = dict(SD15_UNET, model_channels=32, num_res_blocks=[1, 1], channel_mult=[1, 2],
                       transformer_depth=[1, 1, 1, 1], transformer_depth_output=[1, 1, 1, 1, 1, 1])
@@ -26,18 +35,28 @@ SD15_VAE = dict(double_z=True, z_channels=4, resolution=256, in_channels=3, out_
                 num_res_blocks=2, attn_resolutions=[], dropout=0.0)
 
 
+NORMS = (torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.BatchNorm2d)
+
+
 def init_random_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """ComfyUI builds layers without initialising them: give every tensor small random values."""
+    """ComfyUI builds layers without initialising them: give every tensor small random values.
+
+    Normalisation layers get unit scales (chosen by module type: many are named `out.0`,
+    `in_layers.0`), everything 1-d else zero bias, matrices fan-in-scaled noise.
+    """
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in module.named_parameters():
             if p.ndim == 0:
                 p.fill_(1.0 if "scale" in name else 0.0)
             elif p.ndim == 1:
-                p.copy_(torch.ones_like(p) if "norm" in name and name.endswith("weight") else torch.zeros_like(p))
+                p.zero_()
             else:
                 fan_in = p[0].numel()
                 p.copy_(torch.randn(p.shape, generator=gen) / fan_in ** 0.5)
+        for m in module.modules():
+            if isinstance(m, NORMS) and getattr(m, "weight", None) is not None:
+                m.weight.fill_(1.0)
     return module
 
 

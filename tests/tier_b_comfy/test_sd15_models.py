@@ -28,6 +28,10 @@ def test_tiny_sd15_layout_unet_samples_in_a_model_patcher(comfy):
     noise = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     out = comfy.sample.sample(patcher, noise, 2, 4.0, "euler", "normal", cond, cond, latent)
     assert out.shape == latent.shape and torch.isfinite(out).all()
+    # The random weights must make the text reach the output, or patch tests would prove nothing.
+    other = [[torch.randn(1, 77, 768), {}]]
+    out2 = comfy.sample.sample(patcher, noise, 2, 4.0, "euler", "normal", other, other, latent)
+    assert (out - out2).abs().max() > 1e-3
     # The same cross-attention layout as SD1.5: every transformer block has attn2 with a 768 context.
     attn2 = [m for name, m in patcher.model.diffusion_model.named_modules() if name.endswith("attn2")]
     assert attn2 and all(m.to_k.weight.shape[1] == 768 for m in attn2)

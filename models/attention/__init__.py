@@ -1,0 +1,1 @@
+"""Decoupled identity attention shared by the ConsistentID and Visual Persona apply nodes (no ComfyUI imports)."""
