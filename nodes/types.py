@@ -9,3 +9,4 @@ VisualPersonaAdapter = io.Custom("PARTID_VISUAL_PERSONA")
 DINOv2 = io.Custom("PARTID_DINOV2")
 LabelMap = io.Custom("PARTID_LABEL_MAP")      # models.parsing.LabelMap: int map + label names
 Faces = io.Custom("PARTID_FACES")             # models.face_analysis.FaceAnalysisResult
+FaceEmbeds = io.Custom("PARTID_FACE_EMBEDS")    # float32 [N, 512] L2-normed ArcFace; zero rows = no face
