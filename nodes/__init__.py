@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import body_parsing, face_analysis, face_parsing, info, loaders
+from . import body_parsing, consistentid_text, face_analysis, face_parsing, info, loaders
 
 
 class PartIDExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [*loaders.NODES, *face_parsing.NODES, *body_parsing.NODES, *face_analysis.NODES, *info.NODES]
+        return [*loaders.NODES, *face_parsing.NODES, *body_parsing.NODES, *face_analysis.NODES,
+                *consistentid_text.NODES, *info.NODES]

@@ -10,3 +10,4 @@ DINOv2 = io.Custom("PARTID_DINOV2")
 LabelMap = io.Custom("PARTID_LABEL_MAP")      # models.parsing.LabelMap: int map + label names
 Faces = io.Custom("PARTID_FACES")             # models.face_analysis.FaceAnalysisResult
 FaceEmbeds = io.Custom("PARTID_FACE_EMBEDS")    # float32 [N, 512] L2-normed ArcFace; zero rows = no face
+CIDRegions = io.Custom("PARTID_CID_REGIONS")    # models.consistentid.regions.RegionStates
