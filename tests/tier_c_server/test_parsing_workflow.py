@@ -1,0 +1,53 @@
+"""Issue 3 end to end: the real astronaut photo through /prompt in a real ComfyUI server.
+
+The headless runner uploads the photo, the server runs face parsing + regions and face analysis, and
+the region MASK outputs come back as images; they must equal what the engine computes in-process
+from the same photo and the same random-weight files.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import torch
+from fixtures_builders import parsers
+from fixtures_builders.photos import astronaut
+from partid_rig import REPO
+from PIL import Image
+
+WORKFLOW = REPO / "workflows" / "partid_parsing_api.json"
+REGIONS = ("face", "eyes", "ears", "nose", "mouth")
+
+
+def expected_region_masks(photo: np.ndarray) -> dict[str, np.ndarray]:
+    from partid.models import model_files
+    from partid.models.face_parsing import face_parser_from
+    from partid.models.face_regions import face_regions
+
+    parser = face_parser_from(model_files.load_parser(str(parsers.bisenet_pth()), "face"), "cpu", torch.float32)
+    rgb = torch.from_numpy(photo).float().div(255).unsqueeze(0)
+    found = face_regions(parser.parse(rgb, resolution=512), "ConsistentID")
+    return {name: found.masks[name][0].numpy() for name in REGIONS}
+
+
+def test_parsing_chain_runs_on_the_astronaut_through_prompt(partid_server, tmp_path):
+    photo = astronaut()
+    ref = tmp_path / "astronaut.png"
+    Image.fromarray(photo).save(ref)
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", REPO.name, "run", str(WORKFLOW), "--image", str(ref),
+                           "--server", partid_server.url.split("//")[1], "--out", str(out)],
+                          cwd=REPO.parent, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    expected = expected_region_masks(photo)
+    for name in REGIONS:
+        (png,) = list(out.rglob(f"region_{name}_*.png"))
+        got = np.asarray(Image.open(png).convert("L")).astype(np.float32) / 255.0
+        assert got.shape == photo.shape[:2]
+        assert np.array_equal(got, expected[name]), name
+    assert any(expected[name].any() for name in REGIONS), "random BiSeNet found no region at all"
+    preview = Image.open(next(out.rglob("face_regions_preview_*.png")))
+    assert preview.size == (photo.shape[1], photo.shape[0])
+    faces = Image.open(next(out.rglob("faces_preview_*.png")))
+    assert faces.size == (photo.shape[1], photo.shape[0])
