@@ -13,7 +13,7 @@ import torch
 
 from .errors import ModelFileError
 from .layouts.consistentid import consistentid_layout
-from .layouts.visual_persona import decoder_signature, ip_adapter_layout
+from .layouts.visual_persona import decoder_layout, ip_adapter_layout
 
 Shape = tuple[int, ...]
 
@@ -95,7 +95,7 @@ def _consistentid(variant: str, label: str) -> CheckpointFormat:
 VISUAL_PERSONA_SDXL = CheckpointFormat(
     name="Visual Persona SDXL", family="Visual Persona", kind="adapter", base="sdxl", context_dim=2048,
     groups={
-        "image_proj": (("image_proj",), decoder_signature(), False),
+        "image_proj": (("image_proj",), decoder_layout(), True),
         "ip_adapter": (("ip_adapter",), ip_adapter_layout(), True),
     },
     optional_groups=("unet",),

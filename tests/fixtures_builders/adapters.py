@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from partid.models.layouts import consistentid, visual_persona
+from partid.models.layouts import consistentid
 
 from .cache import cached
 from .random_weights import random_state
@@ -24,13 +24,7 @@ def consistentid_bin(variant: str) -> Path:
 
 
 def visual_persona_bin() -> Path:
-    """weight.bin: `image_proj` (decoder signature tensors) + `ip_adapter` (exact 70-layer layout).
+    """weight.bin in the released layout (full decoder + 70 IP key/value pairs), random weights."""
+    from .visual_persona import visual_persona_bin as full
 
-    Holds only the decoder tensors that identify the format; the full decoder layout is
-    checked by the decoder network's strict load (Visual Persona issue).
-    """
-    def build(path):
-        torch.save({"image_proj": random_state(visual_persona.decoder_signature(), 1),
-                    "ip_adapter": random_state(visual_persona.ip_adapter_layout(), 2)}, path)
-
-    return cached("identity_adapters/weight.bin", build)
+    return full()
