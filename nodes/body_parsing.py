@@ -1,2 +1,76 @@
-"""(being written) ComfyUI glue for body parsing."""
-NODES: list = []
+"""ComfyUI glue for body parsing (models/body_parsing.py, body_parts.py and label_select.py do the work)."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..models import body_parts as parts
+from ..models.body_parsing import parse_body
+from ..models.label_select import SELECTABLE, select_labels, sets_with
+from . import types
+
+BODY_NODE = "PartID Body Parts"
+SELECT_NODE = "PartID Select Labels"
+
+
+class BodyParts(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PartIDBodyParts", display_name=BODY_NODE, category="PartID/body",
+            description="Parses people (SegFormer segformer_b2_clothes, or SCHP ATR/LIP ONNX as Visual Persona "
+                        "does) and gives Visual Persona's five body-part masks: full body (all but background and "
+                        "bag), face/head (hat, hair, sunglasses, face), upper (upper clothes, dress, arms, scarf), "
+                        "lower (skirt, pants, belt, legs), shoes.",
+            inputs=[
+                types.BodyParser.Input("parser", tooltip="From PartID Body Parser Loader."),
+                io.Image.Input("image", tooltip="One or more photos of a person; RGBA (alpha ignored) and "
+                                                "grayscale work."),
+            ],
+            outputs=[
+                io.Mask.Output("full_body", display_name="full_body"),
+                io.Mask.Output("face", display_name="face"),
+                io.Mask.Output("upper", display_name="upper"),
+                io.Mask.Output("lower", display_name="lower"),
+                io.Mask.Output("shoes", display_name="shoes"),
+                types.LabelMap.Output("label_map", display_name="label_map"),
+                io.Image.Output("preview", display_name="preview"),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, parser, image):
+        import comfy.model_management
+
+        label_map, rgb = parse_body(parser, image, comfy.model_management.get_torch_device(), BODY_NODE)
+        found = parts.body_parts(label_map)
+        return io.NodeOutput(*(found.masks[p] for p in parts.PARTS), label_map, parts.preview(label_map, rgb))
+
+
+class SelectLabels(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        toggles = [io.Boolean.Input(i, display_name=name, default=False, optional=True,
+                                    tooltip=f"Include '{name}' in the mask (a label of "
+                                            f"{_parsers_with(name)}).")
+                   for i, name in SELECTABLE]
+        return io.Schema(
+            node_id="PartIDSelectLabels", display_name=SELECT_NODE, category="PartID/parsing",
+            description="One MASK from the switched-on labels of a face or body label map. Switching on a label "
+                        "the map's parser does not have is an error naming both.",
+            inputs=[types.LabelMap.Input("label_map", tooltip="From PartID Body Parts or PartID Face Regions."),
+                    io.Boolean.Input("invert", default=False, tooltip="Everything but the selected labels."),
+                    *toggles],
+            outputs=[io.Mask.Output("mask", display_name="mask")],
+        )
+
+    @classmethod
+    def execute(cls, label_map, invert=False, **toggles):
+        return io.NodeOutput(select_labels(label_map, toggles, bool(invert), SELECT_NODE))
+
+
+def _parsers_with(name: str) -> str:
+    names = {"atr": "ATR body parsers", "lip": "LIP body parsers", "bisenet": "face parsers"}
+    return " and ".join(names[s] for s in sets_with(name))
+
+
+NODES = [BodyParts, SelectLabels]

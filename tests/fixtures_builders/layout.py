@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import adapters, parsers
+from . import adapters, parsers, schp_onnx
 from .cache import cached
 from .insightface_packs import build_pack
 
@@ -24,6 +24,8 @@ def populate_models_dir(root: Path, with_checkpoint: bool = True, with_sdxl: boo
     _link(parsers.bisenet_pth(), root / "face_parsing" / "face_parsing.pth")
     _link(parsers.segformer_face_folder(), root / "face_parsing" / "segformer_face_parsing")
     _link(parsers.segformer_clothes_folder(), root / "body_parsing" / "segformer_b2_clothes")
+    for label_set in ("atr", "lip"):
+        _link(schp_onnx.schp_onnx(label_set), root / "body_parsing" / f"parsing_{label_set}.onnx")
     for pack in ("buffalo_l", "antelopev2"):
         built = cached(f"insightface/models/{pack}", lambda p, pack=pack: build_pack(str(p), pack))
         _link(built, root / "insightface" / "models" / pack)
