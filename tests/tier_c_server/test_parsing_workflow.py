@@ -18,6 +18,7 @@ from PIL import Image
 
 WORKFLOW = REPO / "workflows" / "partid_parsing_api.json"
 REGIONS = ("face", "eyes", "ears", "nose", "mouth")
+PARTS = ("full_body", "face", "upper", "lower", "shoes")
 
 
 def expected_region_masks(photo: np.ndarray) -> dict[str, np.ndarray]:
@@ -29,6 +30,19 @@ def expected_region_masks(photo: np.ndarray) -> dict[str, np.ndarray]:
     rgb = torch.from_numpy(photo).float().div(255).unsqueeze(0)
     found = face_regions(parser.parse(rgb, resolution=512), "ConsistentID")
     return {name: found.masks[name][0].numpy() for name in REGIONS}
+
+
+def expected_part_masks(photo: np.ndarray) -> dict[str, np.ndarray]:
+    from fixtures_builders.schp_onnx import schp_onnx
+
+    from partid.models import model_files
+    from partid.models.body_parsing import body_parser_from
+    from partid.models.body_parts import body_parts
+
+    parser = body_parser_from(model_files.load_parser(str(schp_onnx("atr")), "body"), "cpu", torch.float32)
+    rgb = torch.from_numpy(photo).float().div(255).unsqueeze(0)
+    found = body_parts(parser.parse(rgb))
+    return {name: found.masks[name][0].numpy() for name in PARTS}
 
 
 def test_parsing_chain_runs_on_the_astronaut_through_prompt(partid_server, tmp_path):
@@ -47,6 +61,13 @@ def test_parsing_chain_runs_on_the_astronaut_through_prompt(partid_server, tmp_p
         assert got.shape == photo.shape[:2]
         assert np.array_equal(got, expected[name]), name
     assert any(expected[name].any() for name in REGIONS), "random BiSeNet found no region at all"
+    expected_parts = expected_part_masks(photo)
+    for name in PARTS:
+        (png,) = list(out.rglob(f"part_{name}_*.png"))
+        got = np.asarray(Image.open(png).convert("L")).astype(np.float32) / 255.0
+        assert np.array_equal(got, expected_parts[name]), name
+    assert expected_parts["full_body"].any(), "random SCHP parser found no body at all"
+    assert Image.open(next(out.rglob("body_parts_preview_*.png"))).size == (photo.shape[1], photo.shape[0])
     preview = Image.open(next(out.rglob("face_regions_preview_*.png")))
     assert preview.size == (photo.shape[1], photo.shape[0])
     faces = Image.open(next(out.rglob("faces_preview_*.png")))
