@@ -1,4 +1,4 @@
-"""Issue 3 end to end: the real astronaut photo through /prompt in a real ComfyUI server.
+"""Issue 3 end to end: real photos (the astronaut, insightface's group photo t1.jpg) through /prompt in a real ComfyUI server.
 
 The headless runner uploads the photo, the server runs face parsing + regions and face analysis, and
 the region MASK outputs come back as images; they must equal what the engine computes in-process
@@ -10,9 +10,10 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 from fixtures_builders import parsers
-from fixtures_builders.photos import astronaut
+from fixtures_builders.photos import astronaut, group_photo
 from partid_rig import REPO
 from PIL import Image
 
@@ -45,9 +46,10 @@ def expected_part_masks(photo: np.ndarray) -> dict[str, np.ndarray]:
     return {name: found.masks[name][0].numpy() for name in PARTS}
 
 
-def test_parsing_chain_runs_on_the_astronaut_through_prompt(partid_server, tmp_path):
-    photo = astronaut()
-    ref = tmp_path / "astronaut.png"
+@pytest.mark.parametrize("photo_of", [astronaut, group_photo], ids=["astronaut", "insightface-t1"])
+def test_parsing_chain_runs_on_real_photos_through_prompt(partid_server, tmp_path, photo_of):
+    photo = photo_of()
+    ref = tmp_path / "reference.png"
     Image.fromarray(photo).save(ref)
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", REPO.name, "run", str(WORKFLOW), "--image", str(ref),
