@@ -1,0 +1,106 @@
+"""ComfyUI glue for Visual Persona's UNet side: its body-part tokens in every SDXL cross-attention.
+
+The released pipeline adds `scale * attention(q, to_k_ip(tokens), to_v_ip(tokens))` to the text
+attention of all 70 SDXL attn2 layers, scale 0.7, every step; negative side: the unconditional tokens.
+Here it is the shared decoupled-attention patch (nodes/attention_patch.py) with `weight` as the scale,
+the identity's per-part weights as the per-token scale (a part of weight 0 is left out), a sigma
+window from start_at/end_at and an optional mask. Several references are attended jointly.
+Applying the node again adds another identity group (two people, each limited by a mask), and
+identities of other adapters (ConsistentID) stack the same way.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from comfy_api.latest import io
+
+from ..models import model_files
+from ..models.errors import InputError, ModelFileError
+from ..models.identity_tokens import IdentityTokens
+from ..models.layouts.unet_attention import SDXL, UNetAttentionConfig
+from . import types
+from .identity_tokens import is_identity
+from .attention_patch import IdentityGroup, IdentitySource, install_identity_group, ip_weights_by_block, sigma_window
+from .visual_persona_encode import SOURCE
+
+NODE = "PartID Visual Persona Apply"
+
+
+def check_inputs(model, adapter, identity) -> None:
+    if getattr(adapter, "family", None) != "Visual Persona" or "ip_adapter" not in getattr(adapter, "groups", {}):
+        raise InputError(NODE, "adapter", "this is not a Visual Persona adapter.",
+                         "connect the PartID Visual Persona Loader's output.")
+    unet_config = getattr(getattr(getattr(model, "model", None), "model_config", None), "unet_config", None)
+    if unet_config is None:
+        raise InputError(NODE, "model", f"expected a MODEL, got {type(model).__name__}.", "connect an SDXL checkpoint's MODEL.")
+    try:
+        model_files.check_base(adapter, unet_config.get("context_dim"), type(model.model).__name__)
+    except ModelFileError as exc:
+        raise InputError(NODE, "model", str(exc).removeprefix("[PartID] ").split(" Fix: ")[0],
+                         "Visual Persona is made for SDXL: connect an SDXL 1.0 checkpoint's MODEL.") from exc
+    if not is_identity(identity):
+        raise InputError(NODE, "identity", f"expected PartID identity tokens, got {type(identity).__name__}.",
+                         "connect the identity output of PartID Visual Persona Encode.")
+    if identity.source != SOURCE:
+        raise InputError(NODE, "identity", f"these identity tokens come from '{identity.source}', not Visual Persona.",
+                         "apply them with their own adapter's apply node.")
+    ip = adapter.groups["ip_adapter"]
+    width = next(iter(ip.values())).shape[1] if ip else None
+    if width is not None and identity.width != width:
+        raise InputError(NODE, "identity", f"the tokens are {identity.width} wide; this adapter projects "
+                         f"{width}-wide tokens.", "encode the identity with the same Visual Persona adapter.")
+
+
+def apply_visual_persona(model, adapter, identity: IdentityTokens, weight: float = 0.7, start_at: float = 0.0,
+                         end_at: float = 1.0, mask: torch.Tensor | None = None,
+                         layout: UNetAttentionConfig = SDXL):
+    """A patched clone of `model` (tests pass tiny SDXL-like layouts)."""
+    patched = model.clone()
+    tokens = identity.for_attention()
+    if tokens is None:
+        logging.warning("[PartID] %s: every part of the identity has weight 0: the model is left unchanged.", NODE)
+        return patched
+    cond, uncond, scale = tokens
+    try:
+        weights = ip_weights_by_block(patched, layout, adapter.groups["ip_adapter"])
+        source = IdentitySource({0: cond, 1: uncond}, weights)
+        sigma_start, sigma_end = sigma_window(patched, start_at, end_at)
+        install_identity_group(patched, IdentityGroup(source, weight, sigma_start, sigma_end, mask=mask,
+                                                      token_scale=scale))
+    except ValueError as exc:
+        raise InputError(NODE, "model", str(exc) + ".", "connect an SDXL 1.0 model (Visual Persona's base).") from exc
+    return patched
+
+
+class VisualPersonaApply(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PartIDVisualPersonaApply", display_name=NODE, category="PartID/Visual Persona",
+            description="Applies Visual Persona identity tokens to an SDXL model through its to_k_ip/to_v_ip on all 70 "
+                        "cross-attention layers, as the released pipeline does (scale 0.7). Apply again with another "
+                        "identity and a mask for a second person.",
+            inputs=[io.Model.Input("model", tooltip="An SDXL 1.0 model."),
+                    types.VisualPersonaAdapter.Input("adapter", tooltip="From PartID Visual Persona Loader."),
+                    types.Identity.Input("identity", tooltip="From PartID Visual Persona Encode (or Identity Weights)."),
+                    io.Float.Input("weight", default=0.7, min=-1.0, max=5.0, step=0.05,
+                                   tooltip="Scale of the identity attention (released scripts: 0.7)."),
+                    io.Float.Input("start_at", default=0.0, min=0.0, max=1.0, step=0.01,
+                                   tooltip="Fraction of sampling before the identity acts."),
+                    io.Float.Input("end_at", default=1.0, min=0.0, max=1.0, step=0.01,
+                                   tooltip="Fraction of sampling after which the identity stops."),
+                    io.Mask.Input("mask", optional=True, tooltip="Where this identity acts (white). Default: everywhere.")],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, adapter, identity, weight=0.7, start_at=0.0, end_at=1.0, mask=None):
+        if start_at > end_at:
+            raise InputError(NODE, "start_at", f"start_at {start_at} is after end_at {end_at}.",
+                             "make start_at smaller than end_at.")
+        check_inputs(model, adapter, identity)
+        return io.NodeOutput(apply_visual_persona(model, adapter, identity, weight, start_at, end_at, mask))
+
+
+NODES = [VisualPersonaApply]
