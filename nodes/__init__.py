@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import body_parsing, consistentid_text, face_analysis, face_parsing, info, loaders
+from . import (body_parsing, consistentid_apply, consistentid_encode, consistentid_text, face_analysis, face_parsing,
+               identity_tokens, info, loaders, visual_persona_apply, visual_persona_encode)
 
 
 class PartIDExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return [*loaders.NODES, *face_parsing.NODES, *body_parsing.NODES, *face_analysis.NODES,
-                *consistentid_text.NODES, *info.NODES]
+                *consistentid_text.NODES, *consistentid_encode.NODES, *consistentid_apply.NODES,
+                *visual_persona_encode.NODES, *identity_tokens.NODES, *visual_persona_apply.NODES, *info.NODES]

@@ -11,3 +11,5 @@ LabelMap = io.Custom("PARTID_LABEL_MAP")      # models.parsing.LabelMap: int map
 Faces = io.Custom("PARTID_FACES")             # models.face_analysis.FaceAnalysisResult
 FaceEmbeds = io.Custom("PARTID_FACE_EMBEDS")    # float32 [N, 512] L2-normed ArcFace; zero rows = no face
 CIDRegions = io.Custom("PARTID_CID_REGIONS")    # models.consistentid.regions.RegionStates
+CIDImageStates = io.Custom("PARTID_CID_IMAGE_STATES")  # models.consistentid.region_images.ImageStates
+Identity = io.Custom("PARTID_IDENTITY")          # models.identity_tokens.IdentityTokens

@@ -17,11 +17,15 @@ def partid_server(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("partid_server")
     models = populate_models_dir(root / "models", with_sdxl=False)
+    from fixtures_builders.clip_vision import link_clip_vision
+
+    link_clip_vision(models)  # CLIP-ViT-H/14 for ConsistentID (core Load CLIP Vision)
     # ComfyUI's own way of adding a custom-node folder: an extra_model_paths.yaml entry.
     custom = root / "custom_nodes"
     custom.mkdir()
     os.symlink(REPO, custom / PACK_NAME)
-    folders = ["checkpoints", "face_parsing", "body_parsing", "insightface", "identity_adapters", "dinov2"]
+    folders = ["checkpoints", "face_parsing", "body_parsing", "insightface", "identity_adapters", "dinov2",
+               "clip_vision"]
     yaml = root / "extra_model_paths.yaml"
     yaml.write_text("partid_tests:\n  base_path: " + str(models) + "\n"
                     + "".join(f"  {f}: {f}\n" for f in folders) + f"  custom_nodes: {custom}\n")

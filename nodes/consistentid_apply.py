@@ -1,0 +1,145 @@
+"""ComfyUI glue for ConsistentID's UNet side: ID tokens into every cross-attention, LoRA on every attention.
+
+What the official pipelines do (attention.py, Consistent_IPAttProcessor / Consistent_AttProcessor):
+every attn1 and attn2 carries a rank-128 LoRA on to_q/to_k/to_v/to_out (scale 1.0, always on),
+and every attn2 adds `scale * attention(q, to_k_ip(id), to_v_ip(id))` to the text attention before
+to_out, with the 4 ProjPlus ID tokens (scale 1.0, all steps). The negative side gets ProjPlus of a
+zero ArcFace and CLIP-H of a zero input.
+
+Here: the LoRA goes in as ComfyUI weight patches (nodes/attention_patch.add_adapter_lora), the ID
+branch as the shared decoupled-attention patch (install_identity_group), with `weight` as the IP
+scale, a sigma window from start_at/end_at and an optional mask; the LoRA is not gated by them, as
+officially. The ID tokens are computed here once, on the model's device and dtype
+(models/consistentid/identity.py). Other attention patches on the model are kept and stack.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from comfy_api.latest import io
+
+from ..models import model_files
+from ..models.consistentid import ProjPlus
+from ..models.consistentid import identity as cid_identity
+from ..models.errors import InputError, ModelFileError
+from ..models.layouts.unet_attention import UNETS, UNetAttentionConfig
+from . import types
+from .attention_patch import (IdentityGroup, IdentitySource, add_adapter_lora, install_identity_group,
+                              ip_weights_by_block, sigma_window)
+from .validate import require_choice
+
+NODE = "PartID ConsistentID Apply"
+_CACHE_ATTR = "_partid_proj_plus"     # (device, dtype, ProjPlus) kept on the adapter object
+
+
+def proj_plus_for(adapter, device: torch.device, dtype: torch.dtype) -> ProjPlus:
+    """The adapter's ProjPlus on device/dtype, built once per adapter object (rebuilt on a change)."""
+    cached = getattr(adapter, _CACHE_ATTR, None)
+    if cached is None or cached[0] != str(device) or cached[1] != dtype:
+        proj = ProjPlus.from_adapter(adapter, dtype=dtype, device=device)
+        setattr(adapter, _CACHE_ATTR, (str(device), dtype, proj))
+        return proj
+    return cached[2]
+
+
+def check_inputs(model, adapter, embeddings, image_states) -> UNetAttentionConfig:
+    """The adapter's UNet layout; InputError naming the input for anything that cannot work."""
+    base = getattr(getattr(adapter, "format", None), "base", None)
+    if getattr(adapter, "family", None) != "ConsistentID" or base not in UNETS:
+        raise InputError(NODE, "adapter", "this is not a ConsistentID adapter.",
+                         "connect the PartID ConsistentID Loader's output.")
+    unet_config = getattr(getattr(getattr(model, "model", None), "model_config", None), "unet_config", None)
+    if unet_config is None:
+        raise InputError(NODE, "model", f"expected a MODEL, got {type(model).__name__}.", "connect a checkpoint's MODEL.")
+    try:
+        model_files.check_base(adapter, unet_config.get("context_dim"), type(model.model).__name__)
+    except ModelFileError as exc:
+        raise InputError(NODE, "adapter", str(exc).removeprefix("[PartID] ").split(" Fix: ")[0],
+                         "pick the ConsistentID file made for this base model (ConsistentID-v1.bin for SD1.5, "
+                         "ConsistentID_SDXL-v1.bin for SDXL).") from exc
+    if not isinstance(embeddings, torch.Tensor) or embeddings.ndim not in (1, 2) or embeddings.shape[-1] != 512:
+        shape = list(embeddings.shape) if isinstance(embeddings, torch.Tensor) else type(embeddings).__name__
+        raise InputError(NODE, "embeddings", f"expected ArcFace embeddings [N, 512], got {shape}.",
+                         "connect the embeddings output of PartID Face Analysis.")
+    if not all(hasattr(image_states, a) for a in ("states", "uncond_states")) or hasattr(image_states, "present"):
+        raise InputError(NODE, "image_states", "this input is not PartID ConsistentID image states.",
+                         "connect the image_states output of PartID ConsistentID Encode.")
+    return UNETS[base]
+
+
+def apply_consistentid(model, adapter, embeddings, image_states, weight: float = 1.0, start_at: float = 0.0,
+                       end_at: float = 1.0, mask: torch.Tensor | None = None, lora: bool = True,
+                       combine: str = "average", layout: UNetAttentionConfig | None = None):
+    """A patched clone of `model`. `layout` defaults to the adapter's base (tests pass tiny layouts)."""
+    layout = layout or UNETS[adapter.format.base]
+    modules = adapter.groups["adapter_modules"]
+    device, dtype = torch.device(model.load_device), model.model_dtype()
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        dtype = torch.float16 if device.type != "cpu" else torch.float32   # fp8 UNets: tokens in fp16
+    try:
+        cond, uncond = cid_identity.id_tokens(proj_plus_for(adapter, device, dtype), embeddings,
+                                              image_states.states, image_states.uncond_states, combine)
+    except ValueError as exc:
+        raise InputError(NODE, "embeddings", str(exc) + ".", "give one embedding per reference image, or one "
+                         "of either.") from exc
+    patched = model.clone()
+    try:
+        weights = ip_weights_by_block(patched, layout, modules)
+        if lora:
+            add_adapter_lora(patched, modules, layout)
+        source = IdentitySource({0: cond, 1: uncond}, weights)
+        sigma_start, sigma_end = sigma_window(patched, start_at, end_at)
+        install_identity_group(patched, IdentityGroup(source, weight, sigma_start, sigma_end, mask=mask))
+    except ValueError as exc:
+        raise InputError(NODE, "model", str(exc) + ".", "connect the base model the adapter was made for.") from exc
+    return patched
+
+
+class ConsistentIDApply(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PartIDConsistentIDApply", display_name=NODE, category="PartID/ConsistentID",
+            description="Applies ConsistentID to a model: its LoRA on every attention and its 4 ID tokens (ArcFace + "
+                        "whole-reference CLIP-H through ProjPlus) in every cross-attention, as the official pipelines "
+                        "do. Use with PartID ConsistentID Text Fusion for the facial-region tokens.",
+            inputs=[
+                io.Model.Input("model"),
+                types.ConsistentIDAdapter.Input("adapter", tooltip="From PartID ConsistentID Loader."),
+                types.FaceEmbeds.Input("embeddings", tooltip="ArcFace embeddings from PartID Face Analysis "
+                                       "(buffalo_l, L2-normed, as the official pipelines use)."),
+                types.CIDImageStates.Input("image_states", tooltip="From PartID ConsistentID Encode."),
+                io.Float.Input("weight", default=1.0, min=-1.0, max=5.0, step=0.05,
+                               tooltip="Scale of the ID-token attention (official 1.0)."),
+                io.Float.Input("start_at", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Fraction of sampling before the ID tokens act (official 0)."),
+                io.Float.Input("end_at", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Fraction of sampling after which the ID tokens stop (official 1)."),
+                io.Boolean.Input("lora", default=True, tooltip="The adapter's rank-128 LoRA on every attention (official: "
+                                 "on). Not limited by start_at/end_at or the mask."),
+                io.Combo.Input("combine", options=list(cid_identity.COMBINE), default="average",
+                               tooltip="Several references: average their ID tokens, or concatenate them "
+                                       "(attended jointly). One reference: no difference."),
+                io.Mask.Input("mask", optional=True, tooltip="Where the ID tokens act (white). Default: everywhere."),
+            ],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, adapter, embeddings, image_states, weight=1.0, start_at=0.0, end_at=1.0, lora=True,
+                combine="average", mask=None):
+        require_choice(NODE, "combine", combine, cid_identity.COMBINE)
+        if start_at > end_at:
+            raise InputError(NODE, "start_at", f"start_at {start_at} is after end_at {end_at}.",
+                             "make start_at smaller than end_at.")
+        check_inputs(model, adapter, embeddings, image_states)
+        empty = cid_identity.zero_embedding_rows(embeddings)
+        if empty:
+            logging.warning("[PartID] %s: embeddings row(s) %s are zero (no face found); their ID tokens carry "
+                            "only the CLIP image, as the official pipelines do without a face.", NODE, empty)
+        return io.NodeOutput(apply_consistentid(model, adapter, embeddings, image_states, weight, start_at, end_at,
+                                                mask, lora, combine))
+
+
+NODES = [ConsistentIDApply]
