@@ -13,11 +13,17 @@ packs are tiny graphs (face analysis is not representative, see benchmarks/face_
 without --checkpoint is a random full-size UNet built in-process with random text conditioning (no
 text fusion row).
 
+CPU caveat (2-core AMD EPYC VM, random weights): the patched model sampled 1.55x slower than the plain
+one at 2 threads and 1.29x at 1 thread, but 0.99x at 1 thread with --flush-denormal: the random
+adapter (LoRA merged into the weights, so no extra operations per step) drives some values into
+subnormal floats, on which x86 is slow. torch sets flush-to-zero per thread, so the flag only takes
+full effect with --threads 1. Trained weights need not do this; GPU kernels flush subnormals anyway.
+
 Sampling: plain vs ConsistentID-patched model, interleaved (plain, patched, plain, ...) --repeats
 times, Euler, CFG 5. "step" is the median time per sampler step between the first and the last step
-callback (model loading and the LoRA merge excluded); "call" is the whole sampling call, which also
-merges the adapter LoRA into the weights (or takes it out) because the two models share one UNet;
-"switch" is that merge alone. Preprocessing rows: median ms per reference over --repeats runs after a
+callback (model loading and the LoRA merge excluded); "call" is the whole sampling call; "switch" is
+loading the patched model right after the plain one, i.e. merging the adapter LoRA into the shared UNet
+weights (timed on its own, before the patched call; the plain call that follows takes it out again). Preprocessing rows: median ms per reference over --repeats runs after a
 warm-up (the warm-up computes the CLIP-H states of the zero input, cached per CLIP vision model).
 """
 from __future__ import annotations
@@ -210,7 +216,7 @@ def bench_base(args, nodes, base: str, clip_vision, photo, where: str) -> None:
             f"ratio {med(patched_cpu) / med(plain_cpu):.3f}")
     row("sampling call, plain", med(plain_calls), min(plain_calls), note)
     row("sampling call, ConsistentID", med(patched_calls), min(patched_calls),
-        f"ratio {med(patched_calls) / med(plain_calls):.3f} (includes the LoRA merge)")
+        f"ratio {med(patched_calls) / med(plain_calls):.3f}")
     row("switch to patched (LoRA merge)", med(switches), min(switches), "once per model load")
     mm.unload_all_models()
 
@@ -225,7 +231,14 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="a real checkpoint file (used for the --base given)")
     parser.add_argument("--adapter", help="a real ConsistentID .bin (default: the random test file)")
     parser.add_argument("--clip-vision", help="a real CLIP-ViT-H-14 safetensors (default: the random test file)")
+    parser.add_argument("--threads", type=int, help="CPU: torch threads (default: torch's choice)")
+    parser.add_argument("--flush-denormal", action="store_true",
+                        help="CPU: flush subnormal floats to zero (ComfyUI does not; per thread: use --threads 1)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.flush_denormal:
+        torch.set_flush_denormal(True)
     if args.base == "both" or (args.base is None and args.device == "cuda"):
         bases = ["sd15", "sdxl"]
     else:
@@ -246,7 +259,7 @@ def main() -> None:
     clip_name = Path(args.clip_vision).name if args.clip_vision else "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
     (clip_vision,) = nodes.CLIPVisionLoader().load_clip(clip_name)
     photo = torch.from_numpy(astronaut()).float()[None] / 255.0
-    where = f"{args.device} | {machine(args.device)}"
+    where = f"{args.device} | {machine(args.device)}{', flush-denormal' if args.flush_denormal else ''}"
     print("| device | machine | base | stage | ms median (best) | notes |\n|---|---|---|---|---|---|")
 
     for base in bases:
