@@ -8,7 +8,7 @@ Each backend follows its reference code:
   transformers 5's `SegformerImageProcessor`, which is the torchvision backend (uint8 antialiased
   bilinear resize on CPU, fused rescale+normalise); transformers 4.x and so the model card's author
   used the PIL path, `SegformerImageProcessorPil` in transformers 5 (tests report the difference).
-  The resize and normalisation are shared with the face parser (models/face_parsing.py).
+  The preprocessing and the batched parse are shared with the face parser (models/segformer.py).
 - SCHP ONNX exports (OOTDiffusion / IDM-VTON `parsing_atr.onnx`, `parsing_lip.onnx`), as SCHP's
   SimpleFolderDataset + `transform_logits` (used by OOTDiffusion's parsing_api and Visual Persona's
   schp/parse_body.py): the RGB photo as BGR uint8, an aspect-preserving affine (the box
@@ -31,10 +31,10 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
-from .face_parsing import OUTPUT_BUDGET, PIXEL_BUDGET, SegformerPreprocess, to_uint8_nchw
 from .images import to_rgb_batch
 from .labels import BODY_LABEL_SETS, FACE_LABEL_SETS
 from .parsing import LabelMap
+from .segformer import PIXEL_BUDGET, Segformer, cached_engine, to_uint8_nchw
 
 SCHP_INPUT_SIZE = {"atr": (512, 512), "lip": (473, 473)}
 SCHP_MEAN_BGR = (0.406, 0.456, 0.485)
@@ -130,11 +130,8 @@ class BodyParser:
         self.source = f"{self.backend}:{os.path.basename(self.path.rstrip('/' + os.sep))}"
         self.device, self.dtype = torch.device(device), dtype
         if self.backend == "segformer":
-            from transformers import SegformerForSemanticSegmentation
-
-            net = SegformerForSemanticSegmentation.from_pretrained(self.path, local_files_only=True)
-            self.net = net.eval().requires_grad_(False).to(self.device, dtype)
-            self.preprocess = SegformerPreprocess.from_folder(self.path)
+            self.segformer = Segformer(self.path, self.device, dtype)
+            self.net = self.segformer.net
         elif self.backend == "onnx":
             self.session = _onnx_session(self.path, self.device)
             inp = self.session.get_inputs()[0]
@@ -155,20 +152,7 @@ class BodyParser:
     @torch.inference_mode()
     def segformer_logits(self, rgb: torch.Tensor) -> torch.Tensor:
         """Raw SegFormer logits [B,C,h/4,w/4] of its processor size (for parity tests)."""
-        return self.net(pixel_values=self.preprocess(to_uint8_nchw(rgb), self.device).to(self.dtype)).logits.float()
-
-    def _parse_segformer(self, pixels: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = pixels.shape
-        net_h, net_w = self.preprocess.size if self.preprocess.do_resize else (h, w)
-        per = max(1, min(PIXEL_BUDGET // (net_h * net_w), OUTPUT_BUDGET // (4 * len(self.labels) * h * w)))
-        maps = []
-        for start in range(0, b, per):
-            x = self.preprocess(pixels[start:start + per], self.device).to(self.dtype)
-            logits = self.net(pixel_values=x).logits.float()
-            if tuple(logits.shape[-2:]) != (h, w):   # model card: upsample the logits to the image, then argmax
-                logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-            maps.append(logits.argmax(dim=1).cpu())
-        return torch.cat(maps)
+        return self.segformer.logits(to_uint8_nchw(rgb))
 
     # -- SCHP ONNX -------------------------------------------------------------------------------
     def schp_fusion_logits(self, batch: np.ndarray) -> np.ndarray:
@@ -201,7 +185,7 @@ class BodyParser:
     def parse(self, rgb: torch.Tensor) -> LabelMap:
         """rgb [B,H,W,3] float 0..1 -> LabelMap [B,H,W] int64 on CPU, labels as the parser names them."""
         pixels = to_uint8_nchw(rgb)
-        maps = self._parse_segformer(pixels) if self.backend == "segformer" else self._parse_schp(pixels)
+        maps = self.segformer.label_maps(pixels) if self.backend == "segformer" else self._parse_schp(pixels)
         return LabelMap(maps.to(torch.int64), self.labels, source=self.source)
 
 
@@ -210,14 +194,7 @@ _CACHE_ATTR = "_partid_body_parsers"
 
 def body_parser_from(weights, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> BodyParser:
     """The BodyParser for these loaded weights on `device`, built once and cached on the weights object."""
-    cache = getattr(weights, _CACHE_ATTR, None)
-    if cache is None:
-        cache = {}
-        setattr(weights, _CACHE_ATTR, cache)
-    key = (str(torch.device(device)), dtype)
-    if key not in cache:
-        cache[key] = BodyParser(weights, device, dtype)
-    return cache[key]
+    return cached_engine(weights, _CACHE_ATTR, device, dtype, BodyParser)
 
 
 def check_body_parser(parser, node: str = NODE, input_name: str = "parser"):

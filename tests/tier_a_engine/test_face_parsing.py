@@ -143,7 +143,7 @@ def test_segformer_matches_transformers_documented_pipeline(segformer_weights):
 def test_segformer_preprocessor_config_variants(tmp_path):
     import json
 
-    from partid.models.face_parsing import SegformerPreprocess
+    from partid.models.segformer import SegformerPreprocess
 
     assert SegformerPreprocess.from_folder(str(tmp_path)) == SegformerPreprocess()   # catalog: no such file
     # jonathandinu/face-parsing's file as published (note the feature-extractor type name).

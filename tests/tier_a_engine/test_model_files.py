@@ -96,6 +96,24 @@ def test_onnx_body_parser_class_count(tmp_path):
         model_files.load_parser(str(tmp_path / "buffalo_l" / "w600k_r50.onnx"), "body")
 
 
+def test_onnx_parser_without_declared_output_shapes(tmp_path):
+    # Exports made with dynamic axes often declare no output shapes: the class count then comes from
+    # ONNX shape inference over the real graph (here: our SCHP-signature export with its shapes erased).
+    import onnx
+    from fixtures_builders.schp_onnx import schp_onnx
+
+    for label_set, n in (("atr", 18), ("lip", 20)):
+        model = onnx.load(str(schp_onnx(label_set)))
+        for out in model.graph.output:
+            out.type.tensor_type.ClearField("shape")
+        del model.graph.value_info[:]
+        path = tmp_path / f"parsing_{label_set}_noshape.onnx"
+        onnx.save(model, str(path))
+        assert all(not o.type.tensor_type.HasField("shape") for o in onnx.load(str(path)).graph.output)
+        weights = model_files.load_parser(str(path), "body")
+        assert (weights.label_set, len(weights.labels)) == (label_set, n)
+
+
 def test_dinov2_hub_layout_and_refusal(cid_sd15):
     dino = model_files.load_dinov2(str(parsers.dinov2_hub_pth("vits14")))
     assert (dino.embed_dim, dino.depth, dino.patch_size, dino.ffn, dino.size_name) == (384, 12, 14, "mlp", "ViT-S/14")
