@@ -26,6 +26,7 @@ FOLDERS = {f.key: f for f in (
                 (".safetensors", ".bin", ".pth", ".pt")),
     ModelFolder("dinov2", ("dinov2",), (".safetensors", ".pth", ".pt", ".bin", ".json")),
     ModelFolder("clip_vision", ("clip_vision",), (), core=True),
+    ModelFolder("evaluation", ("evaluation",), (".safetensors", ".pth", ".json")),
 )}
 
 
@@ -35,6 +36,7 @@ class ModelFile:
 
     name: str                     # what the user picks / what errors name
     kind: str                     # face_parser | body_parser | face_analysis | adapter | dinov2 | clip_vision
+                                  # | eval_clip | eval_dino
     folder: str                   # ModelFolder key
     filenames: tuple[str, ...]    # accepted file names (first = canonical); for packs, the files inside
     licence: str
@@ -120,6 +122,18 @@ CATALOG: tuple[ModelFile, ...] = (
               source="https://huggingface.co/h94/IP-Adapter (models/image_encoder/model.safetensors)",
               repo_id="h94/IP-Adapter", repo_files=("models/image_encoder/model.safetensors",),
               description="CLIP-ViT-H/14, loaded by core CLIPVisionLoader"),
+    ModelFile("clip_vit_large_patch14", "eval_clip", "evaluation",
+              ("config.json", "model.safetensors", "preprocessor_config.json", "tokenizer_config.json",
+               "vocab.json", "merges.txt", "special_tokens_map.json"),
+              licence="MIT (OpenAI CLIP)", source="https://huggingface.co/openai/clip-vit-large-patch14",
+              repo_id="openai/clip-vit-large-patch14",
+              repo_files=("config.json", "model.safetensors", "preprocessor_config.json", "tokenizer_config.json",
+                          "vocab.json", "merges.txt", "special_tokens_map.json"),
+              is_pack=True, description="CLIP ViT-L/14 (transformers layout): evaluation CLIP-I and CLIP-T"),
+    ModelFile("dino_vits16", "eval_dino", "evaluation", ("dino_deitsmall16_pretrain.pth",),
+              licence="Apache-2.0",
+              source="https://dl.fbaipublicfiles.com/dino/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth",
+              description="DINO ViT-S/16 (torch-hub layout): evaluation DINO, FGIS and per-part similarity"),
 )
 
 
