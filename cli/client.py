@@ -176,6 +176,8 @@ async def download_outputs(session, base: str, entry: dict, out_dir: Path) -> li
             for item in items if isinstance(items, list) else []:
                 if not (isinstance(item, dict) and item.get("filename")):
                     continue  # e.g. text outputs
+                if item.get("type") == "temp":
+                    continue  # node previews (PreviewImage, the parsing nodes' canvas previews), not results
                 params = {"filename": item["filename"], "subfolder": item.get("subfolder", ""),
                           "type": item.get("type", "output")}
                 dest = out_dir / _safe_relpath(params["subfolder"], params["filename"])

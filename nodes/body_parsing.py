@@ -6,7 +6,7 @@ from comfy_api.latest import io
 from ..models import body_parts as parts
 from ..models.body_parsing import parse_body
 from ..models.label_select import SELECTABLE, select_labels, sets_with
-from . import types
+from . import canvas_ui, types
 
 BODY_NODE = "PartID Body Parts"
 SELECT_NODE = "PartID Select Labels"
@@ -43,7 +43,10 @@ class BodyParts(io.ComfyNode):
 
         label_map, rgb = parse_body(parser, image, comfy.model_management.get_torch_device(), BODY_NODE)
         found = parts.body_parts(label_map)
-        return io.NodeOutput(*(found.masks[p] for p in parts.PARTS), label_map, parts.preview(label_map, rgb))
+        preview = parts.preview(label_map, rgb)
+        # The preview and its legend also go to the canvas (web/partid.js), as core PreviewImage does.
+        ui = canvas_ui.body_ui(label_map, found, canvas_ui.preview_images(preview))
+        return io.NodeOutput(*(found.masks[p] for p in parts.PARTS), label_map, preview, ui=ui)
 
 
 class SelectLabels(io.ComfyNode):
@@ -65,7 +68,8 @@ class SelectLabels(io.ComfyNode):
 
     @classmethod
     def execute(cls, label_map, invert=False, **toggles):
-        return io.NodeOutput(select_labels(label_map, toggles, bool(invert), SELECT_NODE))
+        mask = select_labels(label_map, toggles, bool(invert), SELECT_NODE)
+        return io.NodeOutput(mask, ui=canvas_ui.select_ui(label_map, toggles, bool(invert)))
 
 
 def _parsers_with(name: str) -> str:

@@ -24,7 +24,7 @@ from ..models.consistentid import ProjPlus
 from ..models.consistentid import identity as cid_identity
 from ..models.errors import InputError, ModelFileError
 from ..models.layouts.unet_attention import UNETS, UNetAttentionConfig
-from . import types
+from . import canvas_ui, types
 from .attention_patch import (IdentityGroup, IdentitySource, add_adapter_lora, install_identity_group,
                               ip_weights_by_block, sigma_window)
 from .validate import require_choice
@@ -138,8 +138,13 @@ class ConsistentIDApply(io.ComfyNode):
         if empty:
             logging.warning("[PartID] %s: embeddings row(s) %s are zero (no face found); their ID tokens carry "
                             "only the CLIP image, as the official pipelines do without a face.", NODE, empty)
-        return io.NodeOutput(apply_consistentid(model, adapter, embeddings, image_states, weight, start_at, end_at,
-                                                mask, lora, combine))
+        patched = apply_consistentid(model, adapter, embeddings, image_states, weight, start_at, end_at, mask, lora,
+                                     combine)
+        refs = embeddings.shape[0] if embeddings.ndim == 2 else 1
+        ui = canvas_ui.active_ui([("ID tokens", weight != 0, f"weight {weight:g}, {refs} reference(s), {combine}"),
+                                  ("LoRA", bool(lora), "on every attention" if lora else "off"),
+                                  *canvas_ui.window_and_mask(weight, start_at, end_at, mask)])
+        return io.NodeOutput(patched, ui=ui)
 
 
 NODES = [ConsistentIDApply]

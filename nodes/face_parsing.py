@@ -11,7 +11,7 @@ from ..models.face_parsing import BISENET_RESOLUTIONS, face_parser_from
 from ..models.images import to_rgb_batch
 from ..models.labels import BODY_LABEL_SETS, FACE_LABEL_SETS
 from ..models.model_files import ParserWeights
-from . import types
+from . import canvas_ui, types
 from .validate import require_choice
 
 NODE = "PartID Face Regions"
@@ -78,7 +78,10 @@ class FaceRegions(io.ComfyNode):
             if missing:  # not an error: ConsistentID feeds missing regions as zeros
                 logging.info("[PartID] %s: batch index %d has no %s (empty mask).", NODE, i, ", ".join(missing))
         masks = [found.masks[r] for r in regions.REGIONS]
-        return io.NodeOutput(*masks, label_map, regions.preview(label_map, rgb))
+        preview = regions.preview(label_map, rgb)
+        # The preview and its legend also go to the canvas (web/partid.js), as core PreviewImage does.
+        ui = canvas_ui.face_ui(label_map, found, canvas_ui.preview_images(preview))
+        return io.NodeOutput(*masks, label_map, preview, ui=ui)
 
 
 NODES = [FaceRegions]

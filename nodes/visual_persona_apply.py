@@ -19,7 +19,7 @@ from ..models import model_files
 from ..models.errors import InputError, ModelFileError
 from ..models.identity_tokens import IdentityTokens
 from ..models.layouts.unet_attention import SDXL, UNetAttentionConfig
-from . import types
+from . import canvas_ui, types
 from .identity_tokens import is_identity
 from .attention_patch import IdentityGroup, IdentitySource, install_identity_group, ip_weights_by_block, sigma_window
 from .visual_persona_encode import SOURCE
@@ -100,7 +100,11 @@ class VisualPersonaApply(io.ComfyNode):
             raise InputError(NODE, "start_at", f"start_at {start_at} is after end_at {end_at}.",
                              "make start_at smaller than end_at.")
         check_inputs(model, adapter, identity)
-        return io.NodeOutput(apply_visual_persona(model, adapter, identity, weight, start_at, end_at, mask))
+        patched = apply_visual_persona(model, adapter, identity, weight, start_at, end_at, mask)
+        parts = [(g, weight != 0 and w != 0, f"x{w:g}") for g, w in zip(identity.groups, identity.weights)]
+        ui = canvas_ui.active_ui([*parts, ("references", True, str(identity.references)),
+                                  *canvas_ui.window_and_mask(weight, start_at, end_at, mask)])
+        return io.NodeOutput(patched, ui=ui)
 
 
 NODES = [VisualPersonaApply]

@@ -4,12 +4,17 @@
 - tier_b_comfy: real ComfyUI imported in-process (tiny UNet in a ModelPatcher, a random full-size
   SD1.5 checkpoint through CheckpointLoaderSimple, the pack loaded by ComfyUI's own loader).
 - tier_c_server: a real ComfyUI server started headless with PartID as a custom node.
+- tier_d_browser: that server with its real frontend, in headless Chromium driven by playwright-core.
 
-B and C run whenever ComfyUI is found ($COMFYUI_PATH, the grandparent folder, ~/ComfyUI). The run
-prints which tiers ran and fails when ComfyUI is present but B or C ran no test.
+B and C run whenever ComfyUI is found ($COMFYUI_PATH, the grandparent folder, ~/ComfyUI); D when
+ComfyUI, Chromium and playwright-core are found (`find_browser`). The run prints which tiers ran and
+fails when ComfyUI is present but B or C ran no test, or D ran none while the browser is there or
+$PARTID_REQUIRE_BROWSER=1 (.ci/run sets it when ComfyUI is present).
 """
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -22,7 +27,20 @@ if str(TESTS) not in sys.path:
 from partid_rig import COMFYUI, REPORT  # noqa: E402  (also registers the `partid` package)
 
 TIERS = {"tier_a_engine": "A (engine)", "tier_b_comfy": "B (ComfyUI in-process)",
-         "tier_c_server": "C (ComfyUI server)"}
+         "tier_c_server": "C (ComfyUI server)", "tier_d_browser": "D (browser)"}
+PLAYWRIGHT_DIR = Path(os.environ.get("PARTID_PLAYWRIGHT_DIR", Path.home() / ".cache" / "partid-ci" / "npm"))
+
+
+def find_browser() -> dict[str, str | None]:
+    """Chromium ($PARTID_CHROMIUM, else chromium on PATH), node, and the folder holding playwright-core."""
+    chromium = os.environ.get("PARTID_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    has_playwright = (PLAYWRIGHT_DIR / "node_modules" / "playwright-core" / "package.json").is_file()
+    return {"chromium": chromium, "node": shutil.which("node"),
+            "playwright_dir": str(PLAYWRIGHT_DIR) if has_playwright else None}
+
+
+BROWSER = find_browser()
+BROWSER_MISSING = [k for k, v in BROWSER.items() if not v]
 _passed: dict[str, int] = {k: 0 for k in TIERS}
 _ran: dict[str, int] = {k: 0 for k in TIERS}
 
@@ -35,7 +53,12 @@ def pytest_collection_modifyitems(config, items):
     if COMFYUI is None:
         skip = pytest.mark.skip(reason="ComfyUI not found ($COMFYUI_PATH, ../.., ~/ComfyUI)")
         for item in items:
-            if _tier_of(item.nodeid) in ("tier_b_comfy", "tier_c_server"):
+            if _tier_of(item.nodeid) in ("tier_b_comfy", "tier_c_server", "tier_d_browser"):
+                item.add_marker(skip)
+    elif BROWSER_MISSING:
+        skip = pytest.mark.skip(reason=f"no {', '.join(BROWSER_MISSING)} for tier D (see .ci/run)")
+        for item in items:
+            if _tier_of(item.nodeid) == "tier_d_browser":
                 item.add_marker(skip)
 
 
@@ -50,6 +73,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     tr = terminalreporter
     tr.section("PartID test tiers")
     tr.write_line(f"ComfyUI: {COMFYUI or 'not found'}")
+    tr.write_line(f"browser: {BROWSER['chromium'] or 'no chromium'}, playwright-core: {BROWSER['playwright_dir'] or 'not found'}")
     for tier, label in TIERS.items():
         state = f"{_passed[tier]} passed of {_ran[tier]} run" if _ran[tier] else "did not run"
         tr.write_line(f"tier {label}: {state}")
@@ -61,7 +85,16 @@ def pytest_sessionfinish(session, exitstatus):
     # Only a whole-suite run must prove B and C ran (a single file run may pick one tier).
     if COMFYUI is None or session.config.getoption("-k") or session.config.args not in ([], ["tests"], [str(TESTS)]):
         return
-    missing = [TIERS[t] for t in ("tier_b_comfy", "tier_c_server") if _ran[t] == 0]
+    must = ["tier_b_comfy", "tier_c_server"]
+    if not BROWSER_MISSING or os.environ.get("PARTID_REQUIRE_BROWSER") == "1":
+        must.append("tier_d_browser")
+    missing = [TIERS[t] for t in must if _ran[t] == 0]
     if missing and session.exitstatus == 0:
         sys.stderr.write(f"\nComfyUI is present at {COMFYUI} but tier(s) {', '.join(missing)} ran no test.\n")
         session.exitstatus = 1
+
+
+@pytest.fixture(scope="session")
+def browser_tools() -> dict[str, str | None]:
+    """Tier D: paths of chromium, node and the playwright-core folder (the tier is skipped without them)."""
+    return BROWSER
