@@ -31,6 +31,8 @@ def comfy(tmp_path_factory):
     added = set(nodes.NODE_CLASS_MAPPINGS) - before
     package = sys.modules[str(REPO).replace(".", "_x_")]
     models_root = tmp_path_factory.mktemp("comfy_models")
+    # Nodes that send canvas previews write temp PNGs: keep them out of the user's ComfyUI/temp.
+    folder_paths.set_temp_directory(str(tmp_path_factory.mktemp("comfy_temp")))
     return SimpleNamespace(nodes=nodes, folder_paths=folder_paths, added=added, package=package,
                            models_root=models_root, run=run_node)
 
