@@ -12,34 +12,17 @@ markdown row per parser and batch size: median and best of --repeats runs, with 
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-import partid_rig  # noqa: E402,F401  (registers the repo as package `partid`)
+import harness  # noqa: E402,F401  (benchmarks/harness.py: registers the repo as package `partid`)
+from harness import machine, sync  # noqa: E402
 
 from partid.models import model_files  # noqa: E402
 from partid.models.body_parsing import body_parser_from  # noqa: E402
 from partid.models.body_parts import body_parts  # noqa: E402
-
-
-def machine(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CUDA device"
-    name = platform.processor()
-    if not name or name in ("x86_64", "aarch64"):
-        try:
-            with open("/proc/cpuinfo") as info:
-                name = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-        except (OSError, StopIteration):
-            name = name or platform.machine()
-    return f"{name} ({torch.get_num_threads()} threads)"
 
 
 def images(n: int) -> torch.Tensor:
@@ -84,15 +67,13 @@ class NetTimer:
             parser.session = Timed()
 
     def _sync(self):
-        if self.device == "cuda":
-            torch.cuda.synchronize()
+        sync(self.device)
 
 
 def run(parser, frames: torch.Tensor, device: str):
     label_map = parser.parse(frames)
     parts = body_parts(label_map)
-    if device == "cuda":
-        torch.cuda.synchronize()
+    sync(device)
     return parts
 
 

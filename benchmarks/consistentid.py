@@ -29,76 +29,19 @@ warm-up (the warm-up computes the CLIP-H states of the zero input, cached per CL
 from __future__ import annotations
 
 import argparse
-import asyncio
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-import partid_rig  # noqa: E402  (registers the repo as package `partid`)
+import harness  # noqa: E402  (benchmarks/harness.py: registers the repo as package `partid`)
+from harness import machine, sync, timed  # noqa: E402
+from harness import run_node as run  # noqa: E402
 
 SETTINGS = {("cpu", "sd15"): (128, 4), ("cuda", "sd15"): (512, 30), ("cuda", "sdxl"): (1024, 30),
             ("cpu", "sdxl"): (256, 2)}
-
-
-def machine(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name(0)
-    name = platform.processor()
-    if not name or name in ("x86_64", "aarch64"):
-        try:
-            with open("/proc/cpuinfo") as info:
-                name = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-        except (OSError, StopIteration):
-            name = name or platform.machine()
-    return f"{name}, {torch.get_num_threads()} threads"
-
-
-def start_comfy(device: str):
-    if partid_rig.COMFYUI is None:
-        sys.exit("ComfyUI not found ($COMFYUI_PATH, ../.., ~/ComfyUI)")
-    sys.path.insert(0, partid_rig.COMFYUI)
-    import utils.extra_config  # noqa: F401  (as main.py does, before comfy/ lands on sys.path)
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = device == "cpu"
-    import folder_paths
-    import nodes
-
-    if not asyncio.run(nodes.load_custom_node(str(REPO))):
-        sys.exit("ComfyUI failed to load PartID")
-    return folder_paths, nodes
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(device: str, fn, repeats: int, warmup: int = 1):
-    """(result, median seconds, best seconds)."""
-    for _ in range(warmup):
-        result = fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        result = fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return result, statistics.median(times), min(times)
-
-
-def run(nodes, name, **inputs):
-    cls = nodes.NODE_CLASS_MAPPINGS[name]
-    with torch.inference_mode():
-        return cls.PREPARE_CLASS_CLONE({}).execute(**inputs).result
 
 
 def random_sdxl(device: str):
@@ -243,7 +186,7 @@ def main() -> None:
         bases = ["sd15", "sdxl"]
     else:
         bases = [args.base or "sd15"]
-    folder_paths, nodes = start_comfy(args.device)
+    folder_paths, nodes, _ = harness.start_comfy(args.device)
     from fixtures_builders.clip_vision import link_clip_vision
     from fixtures_builders.layout import populate_models_dir
     from fixtures_builders.photos import astronaut

@@ -12,17 +12,13 @@ time inside the two onnxruntime sessions split out.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-import partid_rig  # noqa: E402,F401  (registers the repo as package `partid`)
+import harness  # noqa: E402,F401  (benchmarks/harness.py: registers the repo as package `partid`)
+from harness import machine  # noqa: E402
 
 from partid.models import face_analysis as fa  # noqa: E402
 from partid.models.face_analysis_pack import open_pack  # noqa: E402
@@ -43,24 +39,6 @@ class Timed:
             return self.session.run(*args, **kwargs)
         finally:
             self.spent += time.perf_counter() - start
-
-
-def machine(device: str) -> str:
-    if device == "cuda":
-        try:
-            import torch
-
-            return torch.cuda.get_device_name(0)
-        except Exception:  # noqa: BLE001  (torch without CUDA: onnxruntime may still have it)
-            return "CUDA device"
-    name = platform.processor()
-    if not name or name in ("x86_64", "aarch64"):
-        try:
-            with open("/proc/cpuinfo") as info:
-                name = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-        except (OSError, StopIteration):
-            name = name or platform.machine()
-    return name
 
 
 def images(n: int) -> list[np.ndarray]:

@@ -13,35 +13,19 @@ part (`parse`) and the region masks (`regions`, cv2 contour fill on CPU) split o
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-import partid_rig  # noqa: E402,F401  (registers the repo as package `partid`)
+import harness  # noqa: E402,F401  (benchmarks/harness.py: registers the repo as package `partid`)
+from harness import machine, sync  # noqa: E402
 
 from partid.models import model_files  # noqa: E402
 from partid.models.face_parsing import face_parser_from  # noqa: E402
 from partid.models.face_regions import face_regions  # noqa: E402
-
-
-def machine(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name(0)
-    name = platform.processor()
-    if not name or name in ("x86_64", "aarch64"):
-        try:
-            with open("/proc/cpuinfo") as info:
-                name = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-        except (OSError, StopIteration):
-            name = name or platform.machine()
-    return f"{name}, {torch.get_num_threads()} threads"
 
 
 def images(n: int) -> torch.Tensor:
@@ -59,11 +43,6 @@ def weights_for(choice: str):
         path = parsers.bisenet_pth() if choice == "bisenet" else parsers.segformer_face_folder()
         return model_files.load_parser(str(path), "face"), f"{choice} (random weights)"
     return model_files.load_parser(choice, "face"), Path(choice).name
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def main() -> None:

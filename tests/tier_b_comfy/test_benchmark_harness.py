@@ -1,0 +1,73 @@
+"""benchmarks/run.py in CPU mode on the tiny models, in the real ComfyUI: every configuration is built
+through PartID's apply functions and sampled, and the markdown, JSON and README block it writes are valid.
+
+No timing is asserted (the tiny numbers mean nothing); what is checked is that each configuration really
+patched the model it was timed on, and that the files describe this run.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+
+import pytest
+
+from partid_rig import COMFYUI, REPO
+
+BENCH = REPO / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench_run(comfy):
+    if str(BENCH) not in sys.path:
+        sys.path.append(str(BENCH))        # run.py imports harness and bench_models as siblings
+    spec = importlib.util.spec_from_file_location("partid_benchmark_run", BENCH / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_cpu_run_writes_markdown_json_and_readme_block(bench_run, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# Title\n\nintro\n\n<!-- benchmark table -->\nold table\n<!-- /benchmark table -->\n\noutro\n")
+    out = tmp_path / "out"
+    result = bench_run.main(["--device", "cpu", "--tiny", "--out", str(out), "--readme", str(readme),
+                             "--sizes", "64", "--batches", "1", "--steps", "2", "--repeats", "1",
+                             "--scaling-sizes", "64", "--scaling-tokens", "4,256",
+                             "--threads", "1"])   # 1 thread: far faster than 2 on a busy 2-core machine
+
+    data = json.loads((out / "benchmark.json").read_text())
+    version = (COMFYUI and open(f"{COMFYUI}/comfyui_version.py").read())
+    assert f'"{data["machine"]["comfyui"]}"' in version
+    assert data["machine"]["torch"] and data["machine"]["cpu"] and data["machine"]["device"] == "cpu"
+    rows = {(r["base"], r["configuration"]): r for r in data["sampling"]}
+    assert len(rows) == 9 and result["sampling"] == data["sampling"]
+    for row in rows.values():
+        assert math.isfinite(row["step_ms"]) and row["step_ms"] > 0 and row["peak_mib"] > 0
+    assert rows[("sd15", "plain")]["ratio"] == 1.0
+    # each configuration patched the model it was timed on (tiny SD1.5: 7 cross-attentions; tiny SDXL: 11)
+    blocks = {"sd15": 7, "sdxl": 11}
+    for (base, name), row in rows.items():
+        if name == "plain":
+            assert row["attn2_patches"] == 0 and row["weight_patches"] == 0
+            continue
+        assert row["attn2_patches"] == blocks[base], name
+        lora = name.startswith(("ConsistentID", "both"))
+        assert (row["weight_patches"] > 0) == lora, name
+        assert row["identity_groups"] == (2 if name.startswith(("both", "two")) else 1), name
+    assert rows[("sdxl", "Visual Persona")]["id_tokens"] == "1024"
+    assert [r["id_tokens"] for r in data["scaling"]] == [0, 4, 256]
+
+    markdown = (out / "benchmark.md").read_text()
+    assert markdown.startswith("# PartID benchmark\n") and "tiny models" in markdown
+    table = [line for line in markdown.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| configuration | base | size | batch |")
+    assert all(line.count("|") == table[0].count("|") for line in table[:10])
+    for base, name in rows:
+        assert f"| {name} | {base} | 64 | 1 | 2 |" in markdown
+
+    text = readme.read_text()
+    assert text.startswith("# Title\n\nintro\n\n<!-- benchmark table -->\n") and text.endswith(
+        "<!-- /benchmark table -->\n\noutro\n")
+    assert "old table" not in text and "| configuration | base |" in text
