@@ -35,3 +35,16 @@ def populate_models_dir(root: Path, with_checkpoint: bool = True, with_sdxl: boo
     _link(adapters.visual_persona_bin(), root / "identity_adapters" / "weight.bin")
     _link(parsers.dinov2_hub_pth("vits14"), root / "dinov2" / "dinov2_vits14_pretrain.pth")
     return root
+
+
+def populate_full_models_dir(root: Path) -> Path:
+    """Everything the example workflows name, under the file names they use (the official ones): the random
+    SD1.5 and SDXL checkpoints as v1-5-pruned-emaonly / sd_xl_base_1.0, ConsistentID SD1.5 and SDXL, Visual
+    Persona, DINOv2 ViT-g/14 (dinov2_vitg14), parsers and insightface packs."""
+    from .sd_models import sd15_checkpoint, sdxl_checkpoint
+
+    root = populate_models_dir(root, with_checkpoint=True, with_sdxl=True)
+    _link(sd15_checkpoint(), root / "checkpoints" / "v1-5-pruned-emaonly.safetensors")
+    _link(sdxl_checkpoint(), root / "checkpoints" / "sd_xl_base_1.0.safetensors")
+    _link(parsers.dinov2_hub_pth("vitg14"), root / "dinov2" / "dinov2_vitg14_pretrain.pth")
+    return root

@@ -93,3 +93,27 @@ def sd15_checkpoint() -> Path:
         save_file(sd, str(path))
 
     return cached("checkpoints/partid_random_sd15.safetensors", build)
+
+
+def sdxl_checkpoint() -> Path:
+    """A full-size SDXL base checkpoint in the layout of sd_xl_base_1.0.safetensors (UNet `model.diffusion_model.`,
+    CLIP-L `conditioner.embedders.0.transformer.`, open_clip CLIP-G `conditioner.embedders.1.model.`, VAE
+    `first_stage_model.`), fp16, random weights: about 6.9 GB. Built with ComfyUI's own SDXL classes and its
+    saving conversion, so CheckpointLoaderSimple detects it as SDXL."""
+    def build(path):
+        import comfy.ldm.models.autoencoder
+        import comfy.sdxl_clip
+        import comfy.supported_models
+        from safetensors.torch import save_file
+
+        config = comfy.supported_models.SDXL(dict(SDXL_UNET))
+        config.set_inference_dtype(torch.float16, None)      # build in fp16: halves the builder's memory
+        model = init_random_(config.get_model({}, device="cpu"), 10)
+        clip = init_random_(comfy.sdxl_clip.SDXLClipModel(device="cpu", dtype=torch.float16), 11)
+        vae = init_random_(comfy.ldm.models.autoencoder.AutoencoderKL(ddconfig=SD15_VAE, embed_dim=4), 12)
+        sd = model.state_dict_for_saving(clip.state_dict(), vae.state_dict(), None)
+        del model, clip, vae
+        sd = {k: (v.to(torch.float16) if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
+        save_file(sd, str(path))
+
+    return cached("checkpoints/partid_random_sdxl.safetensors", build)

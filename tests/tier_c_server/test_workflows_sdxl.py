@@ -1,0 +1,54 @@
+"""The SDXL example workflows end to end (issues 4 and 5): real photos uploaded by the headless runner,
+POST /prompt on one real ComfyUI server session with the random full-size SDXL base (official single-file
+layout), ConsistentID SDXL, Visual Persona with DINOv2 ViT-g/14, CLIP-ViT-H, buffalo_l, BiSeNet and the
+SCHP ATR parser; 64x64 latents, 2 steps, one server session for all four workflows.
+
+Random weights cannot make a face or a body, so what is checked is that every workflow, unchanged but
+for size, steps and the face detector's threshold, validates, runs every node and saves its image; the
+run times and the server's peak memory go to the report.
+"""
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+from fixtures_builders.photos import astronaut, group_photo
+from partid_rig import REPO, REPORT
+from PIL import Image
+
+API_DIR = REPO / "api_workflows"
+SMALL = ["--set", "Latent.width=64", "--set", "Latent.height=64", "--set", "Sampler.steps=2"]
+# Random-weight detector: a low threshold, and no failure if it still finds nothing.
+FACE = ["--set", "Face analysis.det_thresh=0.2", "--set", "Face analysis.on_no_face=bypass"]
+CASES = {
+    "consistentid_sdxl": (("astronaut",), FACE),
+    "visual_persona_sdxl": (("astronaut",), []),
+    "face_and_body_sdxl": (("astronaut",), FACE),
+    "two_people_sdxl": (("astronaut", "insightface-t1"), []),
+}
+PHOTOS = {"astronaut": astronaut, "insightface-t1": group_photo}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_sdxl_workflow_runs_on_cpu(sdxl_heavy, tmp_path, name):
+    photos, extra = CASES[name]
+    images = []
+    for photo in photos:
+        path = tmp_path / f"{photo}.png"
+        Image.fromarray(PHOTOS[photo]()).save(path)
+        images += ["--image", str(path)]
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", REPO.name, "run", str(API_DIR / f"{name}_api.json"),
+           "--server", sdxl_heavy.url.split("//")[1], *images, *SMALL, *extra, "--out", str(out)]
+    started = time.monotonic()
+    proc = subprocess.run(cmd, cwd=REPO.parent, capture_output=True, text=True, timeout=1500)
+    seconds = time.monotonic() - started
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-6000:]
+    pngs = list((out / "PartID").glob(f"{name}_*.png"))   # the Save node's image (previews are temp files)
+    assert len(pngs) == 1
+    assert struct.unpack(">II", pngs[0].read_bytes()[16:24]) == (64, 64)
+    REPORT.append(f"{name}: {' + '.join(photos)} through the runner on the SDXL server in {seconds:.0f} s "
+                  "(64x64, 2 steps, CPU)")
