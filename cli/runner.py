@@ -29,6 +29,8 @@ from pathlib import Path
 import aiohttp
 
 from . import server as comfy_server
+from . import evaluate
+from . import train as train_command
 from .client import (EXIT_FAILURE, EXIT_NO_SERVER, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE,
                      RunError, cancel_prompt, download_outputs, fetch_history, submit, upload_images, watch)
 from .workflow import (WorkflowError, apply_images, apply_prompt, apply_set, check_image_count,
@@ -60,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-start", action="store_true", help="never start a local ComfyUI")
     run.add_argument("--server-args", default="", metavar="ARGS",
                      help="extra arguments (one quoted string) for a self-started ComfyUI")
+    evaluate.add_parser(sub)
+    train_command.add_subcommand(sub)
     return parser
 
 
@@ -146,6 +150,10 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     args = build_parser().parse_args(argv)
+    if args.command == "evaluate":
+        return evaluate.main(args)
+    if args.command == "train":
+        return train_command.main(args)
     started = []  # the ComfyUI this run launched, if any
     try:
         code = run(args, started)

@@ -24,7 +24,7 @@ from partid_rig import COMFYUI, REPO, REPORT, get_json
 from partid.cli import ui_workflow as uw
 
 API_DIR, UI_DIR = REPO / "api_workflows", REPO / "example_workflows"
-API_FILES = sorted(API_DIR.glob("*_api.json")) + sorted((REPO / "workflows").glob("*_api.json"))
+API_FILES = sorted(API_DIR.glob("*_api.json"))
 UI_FILES = sorted(UI_DIR.glob("*.json"))
 INPUT_IMAGES = ("reference.png", "person_a.png", "person_b.png")   # what the workflows' LoadImage nodes name
 

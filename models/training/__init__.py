@@ -1,0 +1,1 @@
+"""Training identity adapters (ConsistentID, Visual Persona) with attention-localisation losses. Plain torch."""

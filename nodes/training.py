@@ -1,0 +1,188 @@
+"""PartID Train ConsistentID: trains ConsistentID's ProjPlus / ID key-value / LoRA on a frozen base model
+with the noise loss plus lambda x an attention-localisation loss, from a folder of images.
+
+Thin glue: checks inputs, builds the dataset preparation from the connected models, runs
+nodes/training_run.py (shared with the headless `train` command), reports progress (ComfyUI's
+progress bar, its preview showing the loss curve) and honours the queue's cancel between steps: a
+cancelled run keeps its last saved state and `resume` continues from it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from comfy_api.latest import io
+
+from ..models import model_files
+from ..models.errors import InputError
+from ..models.training.dataset import CachedDataset
+from ..models.training.losses import LOSSES
+from ..models.training.objective import loss_curve_image
+from ..models.training.trainer import PRECISIONS, TrainConfig, TrainingCancelled
+from . import types
+from .training_run import BLOCK_CHOICES, ConsistentIDSession, JobOptions, layout_for, make_prepare, run_consistentid
+
+NODE = "PartID Train ConsistentID"
+TRAIN_CHOICES = {"proj_plus + id_kv + lora": ("proj_plus", "id_kv", "lora"), "id_kv": ("id_kv",),
+                 "id_kv + lora": ("id_kv", "lora"), "proj_plus + id_kv": ("proj_plus", "id_kv"), "lora": ("lora",)}
+log = logging.getLogger("partid.training")
+
+
+def output_paths(name: str) -> tuple[str, str]:
+    """(adapter file in the first identity_adapters folder, resume-state prefix in ComfyUI's output folder)."""
+    import folder_paths
+
+    safe = "".join(c for c in name if c.isalnum() or c in "-_.") or "partid_trained"
+    adapter_dir = folder_paths.get_folder_paths("identity_adapters")[0]
+    state_dir = os.path.join(folder_paths.get_output_directory(), "partid_training")
+    os.makedirs(state_dir, exist_ok=True)
+    return os.path.join(adapter_dir, safe + ".safetensors"), os.path.join(state_dir, safe + ".state")
+
+
+def resolve_folder(folder: str) -> str:
+    """A relative folder is looked up in ComfyUI's input folder first (input/training_images), then as given."""
+    import folder_paths
+
+    if folder and not os.path.isabs(folder):
+        candidate = os.path.join(folder_paths.get_input_directory(), folder)
+        if os.path.isdir(candidate):
+            return candidate
+    return folder
+
+
+def _progress_reporter(total: int):
+    import comfy.utils
+
+    bar = comfy.utils.ProgressBar(total)
+    history: list[dict] = []
+
+    def report(step: int, steps: int, logs: dict):
+        history.append({"step": step, **logs})
+        log.info("[PartID] %s step %d/%d loss %.5f noise %.5f loc %.5f", NODE, step, steps, logs.get("loss", 0.0),
+                 logs.get("noise", 0.0), logs.get("loc", float("nan")))
+        preview = None
+        if step == steps or step % max(1, steps // 20) == 0:
+            from PIL import Image
+
+            curve = (loss_curve_image(history)[0].numpy() * 255).astype("uint8")
+            preview = ("JPEG", Image.fromarray(curve), 512)
+        bar.update_absolute(step, steps, preview)
+    return report
+
+
+def run_training(model, vae, clip, adapter, folder: str, output_name: str, options: JobOptions, config: TrainConfig,
+          resume: bool = True, face_parser=None, analyzer=None, clip_vision=None, layout=None,
+          caption: str = "a photo of a person", cache_dir: str | None = None):
+    """The node's work; returns (trainer history, adapter path). Tests pass tiny layouts."""
+    import comfy.model_management
+
+    layout = layout or layout_for(adapter)
+    out_path, state_path = output_paths(output_name)
+    if not resume:
+        for suffix in (".pt", ".safetensors"):
+            if os.path.isfile(state_path + suffix):
+                os.remove(state_path + suffix)
+    parser_engine = None
+    if face_parser is not None:
+        from ..models.face_parsing import face_parser_from
+
+        parser_engine = face_parser_from(face_parser, "cpu")
+    key = "|".join(str(x) for x in (options.resolution, getattr(face_parser, "path", None),
+                                    getattr(analyzer, "name", None) or type(analyzer).__name__,
+                                    id(clip_vision) if clip_vision is not None else None))
+    device = torch.device(model.load_device)
+    with torch.inference_mode(False):
+        dataset = CachedDataset(folder, make_prepare(vae, clip, options.resolution, parser_engine, analyzer,
+                                                     clip_vision), key, cache_dir=cache_dir, default_caption=caption)
+        dataset.prepare_all()
+        shortcut = adapter.format.base == "sdxl"
+        session = ConsistentIDSession(model, adapter.groups, layout, options, dataset, device, shortcut)
+
+        def cancelled() -> bool:
+            return comfy.model_management.processing_interrupted()
+
+        try:
+            trainer = run_consistentid(session, config, out_path, state_path, should_cancel=cancelled,
+                                       progress=_progress_reporter(config.steps))
+        except TrainingCancelled:
+            log.warning("[PartID] %s: cancelled; the state saved last (%s) is kept: run again with resume on.",
+                        NODE, state_path)
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            raise
+    return trainer.state.history, out_path
+
+
+class TrainConsistentID(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PartIDTrainConsistentID", display_name=NODE, category="PartID/Training",
+            description="Trains ConsistentID (ProjPlus, ID key/value, LoRA) on a frozen base model from a folder of "
+                        "images (captions in same-name .txt files, optional *_mask.png face masks, identities from "
+                        "subfolders or identities.json). Loss: noise loss + lambda x attention-localisation loss of the "
+                        "ID tokens against the face mask. Saves an adapter the ConsistentID Loader reads.",
+            inputs=[
+                io.Model.Input("model"), io.Vae.Input("vae"), io.Clip.Input("clip"),
+                types.ConsistentIDAdapter.Input("adapter", tooltip="Start point (PartID ConsistentID Loader)."),
+                io.String.Input("folder", default="training_images",
+                                tooltip="Folder of training images: absolute, or relative to ComfyUI's input folder."),
+                io.String.Input("output_name", default="partid_consistentid_trained",
+                                tooltip="File name (no extension) in models/identity_adapters."),
+                io.Combo.Input("train", options=list(TRAIN_CHOICES), default="proj_plus + id_kv + lora"),
+                io.Int.Input("steps", default=1000, min=1, max=1_000_000),
+                io.Int.Input("batch_size", default=1, min=1, max=256),
+                io.Int.Input("grad_accumulation", default=1, min=1, max=1024),
+                io.Float.Input("learning_rate", default=1e-4, min=0.0, max=1.0, step=1e-6),
+                io.Int.Input("warmup_steps", default=0, min=0, max=1_000_000),
+                io.Combo.Input("precision", options=list(PRECISIONS), default="bf16"),
+                io.Boolean.Input("gradient_checkpointing", default=False),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1),
+                io.Float.Input("loc_weight", default=0.01, min=0.0, max=100.0, step=0.001,
+                               tooltip="lambda of the localisation loss (ConsistentID: 0.01; FastComposer 0.001)."),
+                io.Combo.Input("loc_loss", options=list(LOSSES), default="consistentid"),
+                io.Combo.Input("blocks", options=list(BLOCK_CHOICES), default="middle",
+                               tooltip="Blocks whose attention maps the loss uses: the five middle blocks, or all."),
+                io.Boolean.Input("paired", default=False,
+                                 tooltip="Condition on another image of the same identity (cross-image pairs)."),
+                io.Int.Input("resolution", default=512, min=64, max=2048, step=64),
+                io.Int.Input("save_every", default=100, min=0, max=1_000_000),
+                io.Boolean.Input("resume", default=True, tooltip="Continue from this output's saved state, if any."),
+                io.Float.Input("drop_background", default=0.0, min=0.0, max=1.0, step=0.05,
+                               tooltip="Probability that a sample's noise loss ignores the background (official 0.5)."),
+                types.FaceParser.Input("face_parser", optional=True, tooltip="Face masks for images without *_mask.png."),
+                types.FaceAnalyzer.Input("analyzer", optional=True, tooltip="ArcFace embeddings (buffalo_l)."),
+                io.ClipVision.Input("clip_vision", optional=True, tooltip="CLIP-ViT-H/14 for the ID tokens."),
+            ],
+            outputs=[types.ConsistentIDAdapter.Output(display_name="adapter"),
+                     io.Image.Output(display_name="loss_curve"), io.String.Output(display_name="path")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, model, vae, clip, adapter, folder, output_name="partid_consistentid_trained",
+                train="proj_plus + id_kv + lora", steps=1000, batch_size=1, grad_accumulation=1, learning_rate=1e-4,
+                warmup_steps=0, precision="bf16", gradient_checkpointing=False, seed=0, loc_weight=0.01,
+                loc_loss="consistentid", blocks="middle", paired=False, resolution=512, save_every=100, resume=True,
+                drop_background=0.0, face_parser=None, analyzer=None, clip_vision=None):
+        if getattr(adapter, "family", None) != "ConsistentID":
+            raise InputError(NODE, "adapter", "this is not a ConsistentID adapter.",
+                             "connect the PartID ConsistentID Loader's output.")
+        folder = resolve_folder(folder)
+        if not folder or not os.path.isdir(folder):
+            raise InputError(NODE, "folder", f"'{folder}' is not a folder.", "give the path of a folder of images.")
+        if train not in TRAIN_CHOICES:
+            raise InputError(NODE, "train", f"unknown choice '{train}'.", f"pick one of {list(TRAIN_CHOICES)}.")
+        options = JobOptions(train=TRAIN_CHOICES[train], loc_weight=loc_weight, loc_loss=loc_loss, blocks=blocks,
+                             paired=paired, resolution=resolution, drop_background=drop_background,
+                             gradient_checkpointing=gradient_checkpointing)
+        config = TrainConfig(steps=steps, batch_size=batch_size, grad_accumulation=grad_accumulation,
+                             learning_rate=learning_rate, warmup_steps=warmup_steps, precision=precision, seed=seed,
+                             save_every=save_every)
+        history, path = run_training(model, vae, clip, adapter, folder, output_name, options, config, resume,
+                                     face_parser, analyzer, clip_vision)
+        trained = model_files.load_adapter(path, "ConsistentID")
+        return io.NodeOutput(trained, loss_curve_image(history), path)
+
+
+NODES = [TrainConsistentID]

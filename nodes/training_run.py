@@ -1,0 +1,266 @@
+"""One training run on a ComfyUI model: dataset preparation, patched model, loss, trainer, saving.
+
+Used by the trainer node (nodes/training.py) and the headless / torchrun entry point (cli/train.py),
+so both run the same code. The math lives in models/training/; this file only connects it to
+ComfyUI objects (ModelPatcher, VAE, CLIP, CLIP_VISION) and to PartID's parsers.
+
+ConsistentID identity tokens: ProjPlus(ArcFace, CLIP-H penultimate states of the whole reference),
+attended by every cross-attention through the trainable to_k_ip/to_v_ip; the localisation target is
+the face mask of the *target* image (the image being denoised). With `paired`, the reference is
+another image of the same identity (Visual Persona's cross-image pairing).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..models.layouts.unet_attention import UNETS, UNetAttentionConfig
+from ..models.training import attention_maps as maps_engine
+from ..models.training.attention_hooks import IdentityBranch, TrainingHooks
+from ..models.training.dataset import CachedDataset, Sample
+from ..models.training.losses import localisation_loss, mask_mass, resize_mask
+from ..models.training.objective import noise_loss, sample_noise
+from ..models.training.trainables import AdapterTrainables, flat_for_safetensors
+from ..models.training.trainer import Trainer, TrainConfig
+from ..models.visual_persona.tokens import SELECTED_PARTS
+from . import training_patch as tp
+
+log = logging.getLogger("partid.training")
+BLOCK_CHOICES = ("middle", "all")
+PART_NAMES = ("full_body", "face", "upper", "lower", "shoes")   # Visual Persona's part order
+
+
+@dataclass
+class JobOptions:
+    train: tuple = ("proj_plus", "id_kv", "lora")
+    loc_weight: float = 0.01
+    loc_loss: str = "consistentid"
+    normalise: str = "pixels"
+    blocks: str = "middle"                   # the five middle blocks (FastComposer/ConsistentID) or all
+    paired: bool = False
+    resolution: int = 512
+    drop_background: float = 0.0             # probability a sample's noise loss ignores the background
+    id_weight: float = 1.0
+    gradient_checkpointing: bool = False
+
+
+def load_rgb(path: str, resolution: int) -> torch.Tensor:
+    """Centre square crop, resized to resolution: IMAGE [1, R, R, 3] in 0..1."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        side = min(im.size)
+        left, top = (im.width - side) // 2, (im.height - side) // 2
+        im = im.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.BICUBIC)
+        return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0)[None]
+
+
+def _mask_file(path: str, resolution: int) -> torch.Tensor | None:
+    from PIL import Image
+
+    stem = os.path.splitext(path)[0]
+    for suffix in ("_mask.png", "_mask.jpg"):
+        if os.path.isfile(stem + suffix):
+            with Image.open(stem + suffix) as im:
+                im = im.convert("L")
+                side = min(im.size)
+                left, top = (im.width - side) // 2, (im.height - side) // 2
+                im = im.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.BILINEAR)
+                return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0)[None]
+    return None
+
+
+def make_prepare(vae, clip, resolution: int, face_parser=None, analyzer=None, clip_vision=None):
+    """prepare(path, sample) for CachedDataset: latent, text, face mask, ArcFace, CLIP-H states."""
+    def prepare(path: str, sample: Sample) -> dict:
+        image = load_rgb(path, resolution)
+        out = {"latent": vae.encode(image[..., :3])[0].float()}
+        tokens = clip.tokenize(sample.caption)
+        cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
+        out["context"] = cond[0].float()
+        if pooled is not None:
+            out["pooled"] = pooled[0].float()
+        mask = _mask_file(path, resolution)
+        if mask is None and face_parser is not None:
+            from ..models.face_regions import face_regions
+
+            mask = face_regions(face_parser.parse(image)).masks["face"].float()
+        if mask is None:
+            mask = torch.ones(1, resolution, resolution)
+        out["mask"] = resize_mask(mask, tuple(out["latent"].shape[-2:])).view(out["latent"].shape[-2:])
+        arcface = torch.zeros(512)
+        if analyzer is not None:
+            from ..models.face_analysis import analyze
+
+            u8 = (image[0] * 255).round().to(torch.uint8).numpy()
+            found = analyze(analyzer, [u8], det_thresh=0.3, on_no_face="bypass")
+            arcface = torch.from_numpy(found.embeddings(normed=True)[0]).float()
+        out["arcface"] = arcface
+        if clip_vision is not None:
+            out["clip_states"] = clip_vision.encode_image(image, crop=True)["penultimate_hidden_states"][0].float()
+        else:
+            out["clip_states"] = torch.zeros(257, 1280)
+        return out
+    return prepare
+
+
+class IdentitySession:
+    """A cloned, patched model with the trainable adapter and the loss of one micro-batch.
+
+    ConsistentID: ProjPlus tokens, one group (all 4 ID tokens) against the face mask `mask`.
+    Visual Persona: decoder tokens of the parts in `part_features` [P, S, E] (DINOv2 patch tokens of
+    the released parts 1-4), one group per part (its 256 tokens) against `part_masks` [P, h, w]; a part
+    whose mask is empty in the target image is left out of the loss.
+    """
+
+    def __init__(self, patcher, adapter_groups: dict, layout: UNetAttentionConfig, options: JobOptions,
+                 dataset: CachedDataset, device: torch.device, shortcut: bool = False,
+                 family: str = "ConsistentID"):
+        self.options, self.dataset, self.device, self.family = options, dataset, device, family
+        self.patcher = patcher.clone()
+        unet_config = self.patcher.model.model_config.unet_config
+        if family == "ConsistentID":
+            from ..models.consistentid import ProjPlus
+            from ..models.consistentid.perceiver import materialise
+
+            cross_dim = adapter_groups["image_proj"]["norm.weight"].shape[0]
+            encoder = materialise(lambda: ProjPlus.from_config(cross_dim, shortcut, 1.0),
+                                  adapter_groups["image_proj"], torch.float32, device)
+        else:
+            from ..models.visual_persona.decoder import PartDecoder
+
+            encoder = PartDecoder.from_state_dict(adapter_groups["image_proj"], dtype=torch.float32, device=device)
+        self.trainables = AdapterTrainables(family, adapter_groups, layout, unet_config, encoder,
+                                            options.train).to(device)
+        blocks = tp.all_blocks(self.patcher)
+        self.recorded = [b.key for b in (maps_engine.middle_blocks(_with_diffusers(blocks, unet_config))
+                                         if options.blocks == "middle" else blocks)]
+        self.recorder = maps_engine.AttentionRecorder(set(self.recorded), "cross", options.normalise)
+        self.hooks = TrainingHooks(self.recorder, IdentityBranch(self.trainables.block_projections(), options.id_weight))
+        tp.install_training_patches(self.patcher, self.hooks, [b.key for b in blocks])
+        tp.add_lora_wrappers(self.patcher, self.trainables.lora_by_weight_key())
+        self.last_mass = float("nan")
+
+    def identity(self, items, refs, dev):
+        """(tokens [B, Tk, C], token groups with their target masks)."""
+        b = len(items)
+        if self.family == "ConsistentID":
+            tokens = self.trainables.encoder(torch.stack([r["arcface"] for r in refs]).to(dev),
+                                             torch.stack([r["clip_states"] for r in refs]).to(dev))
+            index = torch.arange(tokens.shape[1], device=dev).expand(b, -1)
+            masks = torch.stack([it["mask"] for it in items]).to(dev)
+            return tokens, [maps_engine.TokenGroup("id", "identity", index, masks)]
+        feats = torch.stack([r["part_features"] for r in refs]).to(dev)                 # [B, P, S, E]
+        parts = list(SELECTED_PARTS)[:feats.shape[1]]
+        tokens = self.trainables.encoder(feats, parts)                                  # [B, P, T, W]
+        per = tokens.shape[2]
+        masks = torch.stack([it["part_masks"] for it in items]).to(dev)                # [B, P, h, w]
+        groups = []
+        for j, part in enumerate(parts):
+            present = masks[:, j].flatten(1).amax(1) > 0
+            index = torch.arange(j * per, (j + 1) * per, device=dev).expand(b, -1).clone()
+            index[~present] = -1
+            groups.append(maps_engine.TokenGroup(PART_NAMES[part], "identity", index, masks[:, j], person=j))
+        return tokens.flatten(1, 2), groups
+
+    def load(self):
+        import comfy.model_management
+
+        comfy.model_management.load_models_gpu([self.patcher], force_full_load=True)
+        tp.materialise_inference_weights(self.patcher.model)
+        self.patcher.model.requires_grad_(False)
+        self.trainables.requires_grad_(False)
+        for part in self.options.train:
+            {"proj_plus": self.trainables.encoder, "decoder": self.trainables.encoder, "id_kv": self.trainables.kv,
+             "lora": self.trainables.lora}[part].requires_grad_(True)
+
+    def batch(self, indices, seeds, measure: bool = False) -> dict:
+        """Loss parts of one micro-batch (also used to measure the attention mass with no grad)."""
+        ds, opt, dev = self.dataset, self.options, self.device
+        items = [ds.item(i) for i in indices]
+        refs = [ds.item(ds.reference_index(i, s, opt.paired)) for i, s in zip(indices, seeds)]
+        x0 = torch.stack([it["latent"] for it in items]).to(dev)
+        context = torch.stack([it["context"] for it in items]).to(dev)
+        ms = self.patcher.model.model_sampling
+        noises, sigmas = [], []
+        for it, seed in zip(items, seeds):
+            noise, t = sample_noise(tuple(it["latent"].shape), seed)
+            noises.append(noise)
+            sigmas.append(float(ms.percent_to_sigma(t)))
+        noise = torch.stack(noises).to(dev)
+        sigma = torch.tensor(sigmas, device=dev)
+        x_t = ms.noise_scaling(sigma, noise, x0)
+        tokens, groups = self.identity(items, refs, dev)
+        self.hooks.identity.tokens = tokens
+        region = groups[0].mask if self.family == "ConsistentID" else torch.stack([g.mask for g in groups]).amax(0)
+        self.recorder.groups, self.recorder.enabled = groups, (opt.loc_weight > 0 or measure)
+        self.recorder.clear()
+        y = None
+        if "pooled" in items[0]:
+            size = x0.shape[-1] * 8
+            adm = [self.patcher.model.encode_adm(pooled_output=it["pooled"][None].to(dev), width=size, height=size)
+                   for it in items]
+            y = None if any(a is None for a in adm) else torch.cat(adm)    # SD1.5 takes no pooled vector
+        diffusion = self.patcher.get_model_object("diffusion_model")
+        with tp.checkpointed_transformer_blocks(diffusion, opt.gradient_checkpointing and not measure):
+            x0_pred = tp.denoise(self.patcher, x_t, sigma, context, y)
+        keep = None
+        if opt.drop_background > 0:
+            keep = torch.tensor([np.random.default_rng(s).random() >= opt.drop_background for s in seeds])
+        n_loss = noise_loss(x0_pred, x0, sigma, region.unsqueeze(1), keep)
+        loc = localisation_loss(self.recorder.maps, self.recorder.grids, groups, opt.loc_loss) \
+            if self.recorder.maps else None
+        self.last_mass = mask_mass(self.recorder.maps, self.recorder.grids, groups) if self.recorder.maps else float("nan")
+        total = n_loss if (loc is None or opt.loc_weight == 0) else n_loss + opt.loc_weight * loc
+        # The recorder stays on until the next batch: checkpoint recomputes during backward record too.
+        return {"loss": total, "noise": n_loss.detach(), "loc": (loc.detach() if loc is not None else float("nan")),
+                "mass": self.last_mass}
+
+    def measure_mass(self, indices, seed: int = 12345) -> float:
+        """Attention mass inside the masks on fixed samples and noise (no grad)."""
+        with torch.no_grad():
+            self.batch(list(indices), [seed + i for i in range(len(indices))], measure=True)
+        return self.last_mass
+
+    def save_adapter(self, path: str) -> str:
+        from safetensors.torch import save_file
+
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = path + ".tmp"
+        save_file(flat_for_safetensors(self.trainables.official_state()), tmp,
+                  metadata={"partid": "trained adapter", "family": self.family})
+        os.replace(tmp, path)
+        return path
+
+
+def _with_diffusers(blocks, unet_config):
+    """Module-walked blocks carry no diffusers path; take them from the config enumeration (same keys)."""
+    from ..models.attention.unet_keys import cross_attention_blocks
+
+    by_key = {b.key: b for b in cross_attention_blocks(unet_config)}
+    return [by_key[b.key] for b in blocks]
+
+
+def layout_for(adapter) -> UNetAttentionConfig:
+    return UNETS[adapter.format.base]
+
+
+ConsistentIDSession = IdentitySession   # the name the node and the headless entry use
+
+
+def run_consistentid(session: IdentitySession, config: TrainConfig, out_path: str, state_path: str | None,
+                     should_cancel=None, progress=None, distributed: bool = False) -> Trainer:
+    """Train (resuming from state_path when it exists); saves `out_path` at every save point and the end."""
+    session.load()
+    trainer = Trainer(session.trainables, session.batch, len(session.dataset), config, session.device,
+                      state_path=state_path, save_fn=lambda step: session.save_adapter(out_path),
+                      should_cancel=should_cancel, progress=progress, distributed=distributed)
+    trainer.load_state()
+    with torch.inference_mode(False), torch.enable_grad():
+        trainer.run()
+    return trainer
