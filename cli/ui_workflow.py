@@ -8,7 +8,8 @@ depth; ``ui_to_api`` is what the frontend's "Save (API)" does, so a UI file can 
 its API twin. Which inputs are widgets, and in which order their values are stored, follows the
 ComfyUI frontend: every input of type INT/FLOAT/STRING/BOOLEAN/COMBO (or a list of choices) unless
 ``forceInput``, in ``input_order`` (required, then optional); an input with
-``control_after_generate`` stores one more value after its own ("fixed"), and an image-upload combo
+``control_after_generate`` (and, as the frontend does it, an INT named seed / noise_seed) stores one
+more value after its own ("fixed"), and an image-upload combo
 one more ("image").
 
     python -m <repo_dir>.cli.ui_workflow API.json OUT.json (--server HOST:PORT | --object-info FILE) [--note TEXT]
@@ -63,10 +64,13 @@ def is_widget(spec) -> bool:
     return input_type(spec) in WIDGET_TYPES and not input_options(spec).get("forceInput")
 
 
-def extra_widget_values(spec) -> list:
+SEED_NAMES = ("seed", "noise_seed")   # the frontend gives these a control widget even when not declared
+
+
+def extra_widget_values(name: str, spec) -> list:
     """Values the frontend stores after a widget's own value."""
     options = input_options(spec)
-    if options.get("control_after_generate"):
+    if options.get("control_after_generate") or (name in SEED_NAMES and input_type(spec) == "INT"):
         return ["fixed"]
     if options.get("image_upload"):
         return ["image"]
@@ -129,7 +133,7 @@ def api_to_ui(api: dict, object_info: dict, note: str | None = None) -> dict:
                     value = input_options(spec).get("default")
                 elif value is None:
                     value = input_options(spec).get("default")
-                widgets += [value, *extra_widget_values(spec)]
+                widgets += [value, *extra_widget_values(name, spec)]
                 multiline += bool(input_options(spec).get("multiline"))
             else:
                 ui_inputs.append({"name": name, "type": input_type(spec), "link": None,
@@ -191,7 +195,7 @@ def ui_to_api(ui: dict, object_info: dict) -> dict:
         for name, spec, _optional in ordered_inputs(info):
             if is_widget(spec):
                 value = values.pop(0) if values else None
-                for _ in extra_widget_values(spec):
+                for _ in extra_widget_values(name, spec):
                     values.pop(0) if values else None
                 inputs[name] = value
             link_id = (by_name.get(name) or {}).get("link")

@@ -110,7 +110,7 @@ def ui_problems(ui: dict, info: dict) -> list[str]:
                 link = links.get(slot["link"])
                 if link is None or link[3] != node["id"] or link[4] != i:
                     problems.append(f"{where}.{slot['name']}: link {slot['link']} does not end here")
-        expected = sum(1 + len(uw.extra_widget_values(s)) for s in spec.values() if uw.is_widget(s))
+        expected = sum(1 + len(uw.extra_widget_values(n, s)) for n, s in spec.items() if uw.is_widget(s))
         if len(node.get("widgets_values", [])) != expected:
             problems.append(f"{where}: {len(node.get('widgets_values', []))} widget values, "
                             f"the frontend stores {expected}")
