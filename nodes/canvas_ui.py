@@ -82,6 +82,18 @@ def window_and_mask(weight: float, start_at: float, end_at: float, mask) -> list
             ("mask", mask is not None, "masked" if mask is not None else "everywhere")]
 
 
+def identity_strip(crops: torch.Tensor, size: int = 128) -> torch.Tensor:
+    """uint8 [K,H,W,3] crops the encoder sees -> one IMAGE [1,size,K*size,3] (float 0..1) for the node preview."""
+    x = crops.permute(0, 3, 1, 2).float() / 255.0
+    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return torch.cat(list(x.clamp(0, 1).permute(0, 2, 3, 1)), dim=1)[None]
+
+
+def encode_ui(crops: torch.Tensor, names: list[str]) -> dict:
+    """Encode nodes: the crops that went to the image encoder, in a strip, named in order."""
+    return {"images": preview_images(identity_strip(crops)), "partid_crops": list(names)}
+
+
 def preview_images(image: torch.Tensor) -> list:
     """Save a preview IMAGE to ComfyUI's temp folder as core PreviewImage does; its UI 'images' list."""
     from comfy_api.latest import ui

@@ -19,10 +19,10 @@ import torch
 from comfy_api.latest import io
 
 from ..models.consistentid import region_images as ri
-from ..models.consistentid.regions import CLIP_H_WIDTH, RegionStates
+from ..models.consistentid.regions import CLIP_H_WIDTH, REGION_ORDER, RegionStates
 from ..models.errors import InputError
 from ..models.images import to_rgb_batch
-from . import types
+from . import canvas_ui, types
 from .validate import require_choice
 
 NODE = "PartID ConsistentID Encode"
@@ -148,8 +148,11 @@ class ConsistentIDEncode(io.ComfyNode):
         if offload:
             offload_clip_vision(clip_vision)
         region_states, image_states = ri.split_states(states, plan, uncond)
+        names = [f"{r}: {REGION_ORDER[slot]}" for r, slot in plan.slots] + \
+                [f"{r}: whole" for r in range(plan.batch)]
         return io.NodeOutput(RegionStates(region_states, plan.present, uncond),
-                             ri.ImageStates(image_states, uncond, preprocess))
+                             ri.ImageStates(image_states, uncond, preprocess),
+                             ui=canvas_ui.encode_ui(plan.images, names))
 
 
 NODES = [ConsistentIDEncode]

@@ -25,7 +25,7 @@ from ..models.errors import InputError
 from ..models.identity_tokens import IdentityTokens
 from ..models.images import to_rgb_batch
 from ..models.visual_persona import PART_NAMES, PartDecoder, part_images, part_tokens, unconditional_tokens
-from . import types
+from . import canvas_ui, types
 
 NODE = "PartID Visual Persona Encode"
 SOURCE = "visual_persona"
@@ -98,8 +98,8 @@ def reference_masks(masks: dict, rgb: torch.Tensor) -> list[list[torch.Tensor | 
 
 
 def encode(dinov2_weights, adapter, image: torch.Tensor, masks: dict, parts: list[int],
-           offload: bool = False) -> IdentityTokens:
-    """The node's work, callable without ComfyUI's executor (tests, scripts)."""
+           offload: bool = False) -> tuple[IdentityTokens, dict]:
+    """The node's work, callable without ComfyUI's executor (tests, scripts). -> (tokens, canvas UI)."""
     import comfy.utils
 
     rgb, _ = to_rgb_batch(image, NODE)
@@ -143,8 +143,12 @@ def encode(dinov2_weights, adapter, image: torch.Tensor, masks: dict, parts: lis
         release(adapter)
     r, p, t, w = cond.shape
     cond = cond.float().cpu().reshape(r, p * t, w)
-    return IdentityTokens(cond, uncond.reshape(1, p * t, w), tuple(PART_NAMES[i] for i in used), (t,) * p,
-                          (1.0,) * p, SOURCE)
+    crops = [(i, q) for i in range(r) for q in used if bool(images.present[i, q])]   # what DINOv2 saw
+    ui = canvas_ui.encode_ui(torch.stack([images.images[i, q] for i, q in crops]),
+                             [f"{i}: {PART_NAMES[q]}" for i, q in crops])
+    tokens = IdentityTokens(cond, uncond.reshape(1, p * t, w), tuple(PART_NAMES[i] for i in used), (t,) * p,
+                            (1.0,) * p, SOURCE)
+    return tokens, ui
 
 
 class VisualPersonaEncode(io.ComfyNode):
@@ -183,7 +187,8 @@ class VisualPersonaEncode(io.ComfyNode):
         if not parts:
             raise InputError(NODE, "use_face", "no part is selected.", "switch on at least one use_* input.")
         masks = {"full_body": full_body, "face": face, "upper": upper, "lower": lower, "shoes": shoes}
-        return io.NodeOutput(encode(dinov2, adapter, image, masks, parts, offload_dinov2))
+        tokens, ui = encode(dinov2, adapter, image, masks, parts, offload_dinov2)
+        return io.NodeOutput(tokens, ui=ui)
 
 
 NODES = [VisualPersonaEncode]

@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 import torch
 from fixtures_builders.photos import astronaut
+from PIL import Image
 from partid_rig import REPORT, TESTS
 
 CLIP_NAME = "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
@@ -88,11 +89,14 @@ def chain(comfy, model_dirs, clip_vision, photo):
     # The nose slot carries the parity fixture's soft ellipse at another resolution (the random BiSeNet
     # parse has no nose): one CLIP-H batch serves the chain and the official-states comparison.
     masks["nose"] = torch.from_numpy(soft_ellipse_mask()).float()[None] / 255.0
-    regions, image_states = run(comfy, "PartIDConsistentIDEncode", clip_vision=clip_vision, image=photo, **masks)
+    with torch.inference_mode():
+        (regions, image_states), encode_ui = comfy.run(node(comfy, "PartIDConsistentIDEncode"),
+                                                       clip_vision=clip_vision, image=photo, **masks)
     positive, negative = run(comfy, "PartIDConsistentIDText", clip=clip, adapter=adapter, regions=regions,
                              text="a photo of an astronaut", negative="blurry")
     return SimpleNamespace(model=model, vae=vae, adapter=adapter, faces=faces, embeds=embeds, masks=masks,
-                           regions=regions, image_states=image_states, positive=positive, negative=negative)
+                           regions=regions, image_states=image_states, positive=positive, negative=negative,
+                           encode_ui=encode_ui)
 
 
 def apply(comfy, chain, **options):
@@ -138,7 +142,7 @@ def test_clip_vision_fixture_is_detected_as_vit_h(clip_vision):
     assert tuple(clip_vision.model.visual_projection.weight.shape) == (1024, 1280)
 
 
-def test_encode_outputs(chain):
+def test_encode_outputs(comfy, chain, photo):
     regions, states = chain.regions, chain.image_states
     assert regions.states.shape == (1, 5, 257, 1280) and states.states.shape == (1, 257, 1280)
     expected = [bool((chain.masks[m] > 0).any()) for m in MASKS]
@@ -151,6 +155,18 @@ def test_encode_outputs(chain):
             assert torch.equal(regions.states[0, s], regions.uncond_states)
     if len(present) > 1:
         assert not torch.allclose(regions.states[0, present[0]], regions.states[0, present[1]])
+    # The canvas preview: the present regions' crops and the whole reference, 128 px tiles in encode order.
+    names = ["0: " + ("face", "eye", "ear", "nose", "lip")[s] for s in present] + ["0: whole"]
+    assert chain.encode_ui["partid_crops"] == names
+    (saved,) = chain.encode_ui["images"]
+    png = Image.open(Path(comfy.folder_paths.get_temp_directory()) / saved["subfolder"] / saved["filename"])
+    assert png.size == (128 * len(names), 128)
+    whole = np.asarray(png.convert("RGB"), np.float32)[:, -128:]
+    want = np.asarray(Image.fromarray((photo[0] * 255).round().byte().numpy()).resize((128, 128), Image.BILINEAR),
+                      np.float32)
+    assert np.abs(whole - want).mean() < 3.0
+    REPORT.append(f"ConsistentID Encode preview: whole-reference tile vs PIL resize of the photo, mean abs "
+                  f"{np.abs(whole - want).mean():.2f} levels")
     REPORT.append(f"ConsistentID Encode on the astronaut: regions present {dict(zip(MASKS, expected))}, "
                   f"ArcFace rows {chain.embeds.shape[0]} (face found: {chain.faces.present})")
 

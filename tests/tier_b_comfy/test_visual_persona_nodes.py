@@ -9,6 +9,8 @@ ip_adapter layers install on the full SDXL layout built on the meta device.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -66,11 +68,39 @@ def person(h=96, w=64, seed=0):
 
 
 @pytest.fixture(scope="module")
-def identity(comfy, small):
+def encoded(comfy, small):
+    """(identity tokens, the node's canvas UI) of one encode."""
     dino, adapter = small
     img, masks = person()
-    (ident,) = run(comfy, ENCODE, dinov2=dino, adapter=adapter, image=img, **masks)
-    return ident
+    with torch.inference_mode():
+        (ident,), ui = comfy.run(comfy.nodes.NODE_CLASS_MAPPINGS[ENCODE], dinov2=dino, adapter=adapter, image=img,
+                                 **masks)
+    return ident, ui
+
+
+@pytest.fixture(scope="module")
+def identity(encoded):
+    return encoded[0]
+
+
+def test_encode_shows_the_part_crops_it_encoded(comfy, encoded):
+    # The canvas preview: one 128 px tile per encoded part, in order, from the part images themselves.
+    import numpy as np
+    from PIL import Image
+
+    from partid.models.visual_persona import part_images
+
+    _ident, ui = encoded
+    assert ui["partid_crops"] == ["0: face", "0: upper", "0: lower"]
+    (saved,) = ui["images"]
+    png = np.asarray(Image.open(Path(comfy.folder_paths.get_temp_directory()) / saved["subfolder"] / saved["filename"])
+                     .convert("RGB")).astype(np.float32)
+    assert png.shape == (128, 3 * 128, 3)
+    img, masks = person()
+    images = part_images(img[0], [masks[k][0] for k in ("full_body", "face", "upper", "lower", "shoes")])
+    for tile, part in enumerate((1, 2, 3)):
+        want = np.asarray(Image.fromarray(images.images[0, part].numpy()).resize((128, 128), Image.BILINEAR))
+        assert np.abs(png[:, tile * 128:(tile + 1) * 128] - want).mean() < 2.0
 
 
 def test_nodes_are_registered(comfy):

@@ -30,6 +30,7 @@ FOLDERS = ["checkpoints", "face_parsing", "body_parsing", "insightface", "identi
 # loads the checkpoint again.
 SDXL_MEMORY_FLAGS = ["--fp8_e4m3fn-unet", "--fp8_e4m3fn-text-enc", "--bf16-vae", "--cache-none"]
 HEAVY_LOCK = "/tmp/partid-heavy.lock"
+LIGHT_SERVERS: list = []   # the running SD1.5 session(s): stopped before the SDXL session loads its models
 
 
 def start_server(root: Path, models: Path, extra_args=()):
@@ -86,7 +87,28 @@ def partid_server(tmp_path_factory):
     models = populate_models_dir(root / "models", with_sdxl=False)
     link_clip_vision(models)  # CLIP-ViT-H/14 for ConsistentID (core Load CLIP Vision)
     with start_server(root, models) as server:
+        LIGHT_SERVERS.append(server)
         yield server
+
+
+def free_memory_for_sdxl() -> None:
+    """Before the SDXL session runs prompts: stop the SD1.5 server (its loaded checkpoint, CLIP-H and parsers
+    hold ~6 GB; every test that uses it sorts before the SDXL files, so a whole-suite run needs it no more)
+    and give back what tier B left in this process (ComfyUI's loaded models, freed heap)."""
+    import ctypes
+    import gc
+    import sys
+
+    for server in LIGHT_SERVERS:
+        if server.running():
+            server.stop()
+    if "comfy.model_management" in sys.modules:
+        sys.modules["comfy.model_management"].unload_all_models()
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:   # not glibc
+        pass
 
 
 @pytest.fixture(scope="session")
@@ -112,6 +134,7 @@ def sdxl_heavy(partid_sdxl_server):
         if not lock_held_by_an_ancestor(HEAVY_LOCK):
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         waited = time.monotonic() - waited
+        free_memory_for_sdxl()
         started = time.monotonic()
         try:
             yield server
