@@ -7,6 +7,7 @@ from . import (body_parsing, consistentid_apply, consistentid_encode, consistent
                identity_tokens, info, loaders, visual_persona_apply, visual_persona_encode)
 from . import evaluation
 from . import training
+from . import training_visual_persona
 
 
 class PartIDExtension(ComfyExtension):
@@ -14,4 +15,4 @@ class PartIDExtension(ComfyExtension):
         return [*loaders.NODES, *face_parsing.NODES, *body_parsing.NODES, *face_analysis.NODES,
                 *consistentid_text.NODES, *consistentid_encode.NODES, *consistentid_apply.NODES,
                 *visual_persona_encode.NODES, *identity_tokens.NODES, *visual_persona_apply.NODES, *info.NODES,
-                *evaluation.NODES, *training.NODES]
+                *evaluation.NODES, *training.NODES, *training_visual_persona.NODES]

@@ -51,7 +51,7 @@ def resolve_folder(folder: str) -> str:
     return folder
 
 
-def _progress_reporter(total: int):
+def _progress_reporter(total: int, node: str = NODE):
     import comfy.utils
 
     bar = comfy.utils.ProgressBar(total)
@@ -59,7 +59,7 @@ def _progress_reporter(total: int):
 
     def report(step: int, steps: int, logs: dict):
         history.append({"step": step, **logs})
-        log.info("[PartID] %s step %d/%d loss %.5f noise %.5f loc %.5f", NODE, step, steps, logs.get("loss", 0.0),
+        log.info("[PartID] %s step %d/%d loss %.5f noise %.5f loc %.5f", node, step, steps, logs.get("loss", 0.0),
                  logs.get("noise", 0.0), logs.get("loc", float("nan")))
         preview = None
         if step == steps or step % max(1, steps // 20) == 0:

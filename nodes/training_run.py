@@ -75,16 +75,21 @@ def _mask_file(path: str, resolution: int) -> torch.Tensor | None:
     return None
 
 
+def latent_and_text(vae, clip, image: torch.Tensor, caption: str) -> dict:
+    """What every trainer's prepare caches for the base model: VAE latent, text context, pooled text."""
+    out = {"latent": vae.encode(image[..., :3])[0].float()}
+    cond, pooled = clip.encode_from_tokens(clip.tokenize(caption), return_pooled=True)
+    out["context"] = cond[0].float()
+    if pooled is not None:
+        out["pooled"] = pooled[0].float()
+    return out
+
+
 def make_prepare(vae, clip, resolution: int, face_parser=None, analyzer=None, clip_vision=None):
     """prepare(path, sample) for CachedDataset: latent, text, face mask, ArcFace, CLIP-H states."""
     def prepare(path: str, sample: Sample) -> dict:
         image = load_rgb(path, resolution)
-        out = {"latent": vae.encode(image[..., :3])[0].float()}
-        tokens = clip.tokenize(sample.caption)
-        cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
-        out["context"] = cond[0].float()
-        if pooled is not None:
-            out["pooled"] = pooled[0].float()
+        out = latent_and_text(vae, clip, image, sample.caption)
         mask = _mask_file(path, resolution)
         if mask is None and face_parser is not None:
             from ..models.face_regions import face_regions

@@ -35,6 +35,19 @@ def _linear(weight: torch.Tensor) -> nn.Linear:
     return layer
 
 
+def _ordinary_parameters(module: nn.Module) -> nn.Module:
+    """Weights loaded under ComfyUI's inference mode are inference tensors, which can never require grad:
+    replace those by ordinary copies (others are kept as they are)."""
+    for sub in module.modules():
+        for name, p in list(sub._parameters.items()):
+            if p is not None and p.is_inference():
+                sub._parameters[name] = nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
+        for name, b in list(sub._buffers.items()):
+            if b is not None and b.is_inference():
+                sub._buffers[name] = b.detach().clone()
+    return module
+
+
 class AdapterTrainables(nn.Module):
     """`encoder` (ProjPlus or PartDecoder), `kv` {index: {to_k_ip, to_v_ip}}, `lora` {index: {proj_lora: {down, up}}}."""
 
@@ -50,7 +63,7 @@ class AdapterTrainables(nn.Module):
         self.kv_group = "adapter_modules" if family == "ConsistentID" else "ip_adapter"
         self.encoder_group = "image_proj"
         self.targets = processor_targets(layout, unet_config)
-        self.encoder = encoder.float()
+        self.encoder = _ordinary_parameters(encoder.float())
         modules = self.groups[self.kv_group]
         self.kv = nn.ModuleDict()
         self.lora = nn.ModuleDict()

@@ -1,7 +1,8 @@
 """Tier D: PartID in ComfyUI's real frontend, in headless Chromium (walkthrough.cjs drives it).
 
 One walkthrough per session: every UI workflow in example_workflows/ loads into the canvas (its
-template thumbnail is taken); the parsing workflow (api_workflows/, through the frontend's API
+template thumbnail is taken, and the frontend's own graphToPrompt, as "Save (API)", must give its
+API twin in api_workflows/); the parsing workflow (api_workflows/, through the frontend's API
 loading), with two PartID Select Labels added, is queued; the PartID legends must show what the server sent; clicking legend labels must switch the
 Select Labels toggles, and the second run's masks on the server must be made of exactly those labels.
 
@@ -181,3 +182,58 @@ def test_template_browser_serves_every_workflow_with_its_thumbnail(browser_serve
         assert resp.status_code == 200, f"example_workflows/{name}.jpg is missing: regenerate " \
                                         "with PARTID_TEMPLATE_PREVIEWS_DIR=example_workflows (module docstring)"
         assert resp.headers["Content-Type"] == "image/jpeg"
+
+
+
+# The frontend's prompt and the API twin must be the same prompt. Equivalence, decided for 1.27.10:
+# - node ids and class_type must match exactly; `_meta` (titles) is not compared, the server ignores it.
+#   The frontend leaves out virtual nodes (our Note), muted and bypassed nodes: a twin must not have them.
+# - inputs are compared strictly, name by name: an input the frontend sends and the twin omits is a
+#   difference even when its value is the node's default, because the twin is what "Save (API)" writes
+#   from this canvas (the frontend sends every widget, optional ones included), and vice versa.
+# - links: [node id as a string, output slot], as the frontend writes them.
+# - the frontend wraps a list-valued widget as {"__value__": [...]} (the server unwraps it): unwrapped here.
+# - values must have the same JSON type (true is not 1) and be equal (1.0 == 1: JSON has one number type).
+ABSENT = "<absent>"
+
+
+def same_value(got, want) -> bool:
+    if isinstance(got, dict) and set(got) == {"__value__"}:
+        got = got["__value__"]
+    if isinstance(got, bool) or isinstance(want, bool) or isinstance(got, str) or isinstance(want, str):
+        return type(got) is type(want) and got == want
+    return got == want
+
+
+def prompt_differences(frontend: dict, twin: dict) -> list[str]:
+    """Every way the frontend's prompt differs from the API twin: node ids, class_type, each input."""
+    diffs = [f"node {i}: only in the frontend's prompt ({frontend[i]['class_type']})" for i in frontend.keys() - twin]
+    diffs += [f"node {i}: only in the API twin ({twin[i]['class_type']})" for i in twin.keys() - frontend]
+    for node_id in sorted(frontend.keys() & twin.keys(), key=int):
+        ours, theirs = frontend[node_id], twin[node_id]
+        if ours["class_type"] != theirs["class_type"]:
+            diffs.append(f"node {node_id}: class_type {ours['class_type']!r} in the frontend, "
+                         f"{theirs['class_type']!r} in the API twin")
+            continue
+        for name in sorted(ours["inputs"].keys() | theirs["inputs"].keys()):
+            got, want = ours["inputs"].get(name, ABSENT), theirs["inputs"].get(name, ABSENT)
+            if not same_value(got, want):
+                diffs.append(f"node {node_id} ({ours['class_type']}) input {name!r}: "
+                             f"frontend {json.dumps(got)}, API twin {json.dumps(want)}")
+    return diffs
+
+
+def test_every_ui_workflow_makes_its_api_twin_in_the_frontend(walk):
+    """The canvas (not our converter) reads each UI workflow: its graphToPrompt must give the API twin."""
+    seen, _ = walk
+    failures, inputs = {}, 0
+    for path in workflow_files():
+        twin = json.loads((API_WORKFLOWS / f"{path.stem}_api.json").read_text())
+        frontend = seen["api_prompts"][path.stem]
+        inputs += sum(len(node["inputs"]) for node in frontend.values())
+        diffs = prompt_differences(frontend, twin)
+        if diffs:
+            failures[f"example_workflows/{path.name} vs api_workflows/{path.stem}_api.json"] = diffs
+    assert not failures, "the frontend's prompt differs from the API twin:\n" + json.dumps(failures, indent=1)
+    REPORT.append(f"tier D: {len(workflow_files())} UI workflows through the frontend's graphToPrompt = their API "
+                  f"twins ({inputs} inputs)")

@@ -1,8 +1,9 @@
 // Tier D driver: headless Chromium (driven by playwright-core) on a real ComfyUI page with its real frontend.
 //
 // Usage: node walkthrough.cjs SPEC.json   (written by test_browser.py; see there for the keys)
-// It loads every workflow for a template thumbnail, then walks a user through the parsing workflow:
-// run it, read the PartID legends, click legend labels (which switch Select Labels toggles), run again.
+// It loads every workflow for a template thumbnail (and the API prompt the frontend makes of it), then
+// walks a user through the parsing workflow: run it, read the PartID legends, click legend labels (which
+// switch Select Labels toggles), run again.
 // It prints one JSON object (what it saw) on stdout; the Python test makes the assertions.
 "use strict";
 const fs = require("fs");
@@ -197,8 +198,11 @@ async function main() {
     await shot(page, "04_finished_run");
 
     const thumbs = await openPage(browser);
+    seen.api_prompts = {};
     for (const t of spec.thumbnails) {                 // template browser thumbnails: the graph, fitted
       await load(thumbs, t);
+      // what the frontend itself would queue ("Save (API)" runs the same graphToPrompt): checked against the API twin
+      seen.api_prompts[t.name] = await thumbs.evaluate(async () => (await window.comfyAPI.app.app.graphToPrompt()).output);
       await focus(thumbs, []);
       await shot(thumbs, t.name, "jpeg");
     }

@@ -1,0 +1,177 @@
+"""PartID Train Visual Persona: trains Visual Persona's body-partitioned decoder and/or its ID key/value
+(`ip_adapter`) on a frozen SDXL with the noise loss plus lambda x a per-part attention-localisation
+loss (each part's 256 tokens against that part's mask in the denoised image).
+
+Thin glue over the same run code as PartID Train ConsistentID (nodes/training_run.py: IdentitySession
+with family "Visual Persona", run_consistentid; nodes/training.py: output paths, progress, folder).
+Per image, once (cached by CachedDataset): the body parser's five masks, the part images cut as the
+released code cuts them, DINOv2 patch tokens of parts 1-4, the VAE latent and the text. The saved
+file has the released weight.bin groups (image_proj, ip_adapter), so the Visual Persona Loader reads it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from comfy_api.latest import io
+
+from ..models import model_files
+from ..models.body_parsing import body_parser_from, check_body_parser
+from ..models.body_parts import PARTS, body_parts
+from ..models.errors import InputError
+from ..models.training.dataset import CachedDataset, Sample
+from ..models.training.losses import LOSSES, resize_mask
+from ..models.training.objective import loss_curve_image
+from ..models.training.trainer import PRECISIONS, TrainConfig, TrainingCancelled
+from ..models.visual_persona import SELECTED_PARTS, encode_parts, part_images
+from . import types
+from .training import _progress_reporter, output_paths, resolve_folder
+from .training_run import IdentitySession, JobOptions, latent_and_text, layout_for, load_rgb, run_consistentid
+
+NODE = "PartID Train Visual Persona"
+TRAIN_CHOICES = {"decoder + id_kv": ("decoder", "id_kv"), "decoder": ("decoder",), "id_kv": ("id_kv",)}
+log = logging.getLogger("partid.training")
+
+
+def make_vp_prepare(vae, clip, resolution: int, dinov2_weights, body_parser):
+    """prepare(path, sample): latent, text, part_masks [4, h, w] at latent size, part_features [4, 256, D]."""
+    from ..models.dinov2 import DINOv2
+
+    parser = body_parser_from(body_parser, "cpu")
+    encoder = []                                   # built on first use: a cached dataset never needs it
+
+    def prepare(path: str, sample: Sample) -> dict:
+        image = load_rgb(path, resolution)
+        out = latent_and_text(vae, clip, image, sample.caption)
+        # Loaded weights are inference tensors (ComfyUI runs loaders in inference mode): build and run the
+        # frozen parser and DINOv2 there; clone() outside gives ordinary tensors for the training graph.
+        with torch.inference_mode():
+            masks = body_parts(parser.parse(image)).masks                      # each [1, R, R]
+            if not encoder:
+                encoder.append(DINOv2.from_weights(dinov2_weights, dtype=torch.float32, device=torch.device("cpu")))
+            images = part_images(list(image), [[masks[p][0] for p in PARTS]])
+            features = encode_parts(encoder[0], images.pixels, SELECTED_PARTS)[0].float()
+        masks = {k: v.clone() for k, v in masks.items()}
+        out["part_features"] = features.clone()
+        hw = tuple(out["latent"].shape[-2:])
+        part_masks = []
+        for p in SELECTED_PARTS:
+            # A part the parser did not find stays empty: the session leaves it out of the loss.
+            m = masks[PARTS[p]].float() if bool(images.present[0, p]) else torch.zeros(1, resolution, resolution)
+            part_masks.append(resize_mask(m, hw).view(hw))
+        out["part_masks"] = torch.stack(part_masks)
+        return out
+    return prepare
+
+
+def run_vp_training(model, vae, clip, adapter, dinov2, body_parser, folder: str, output_name: str,
+                    options: JobOptions, config: TrainConfig, resume: bool = True, layout=None,
+                    caption: str = "a photo of a person", cache_dir: str | None = None):
+    """The node's work; returns (trainer history, adapter path). Tests pass tiny layouts."""
+    import comfy.model_management
+
+    out_path, state_path = output_paths(output_name)
+    if not resume:
+        for suffix in (".pt", ".safetensors"):
+            if os.path.isfile(state_path + suffix):
+                os.remove(state_path + suffix)
+    key = "|".join(str(x) for x in ("visual_persona", options.resolution, getattr(body_parser, "path", None),
+                                    getattr(dinov2, "path", None)))
+    with torch.inference_mode(False):
+        dataset = CachedDataset(folder, make_vp_prepare(vae, clip, options.resolution, dinov2, body_parser), key,
+                                cache_dir=cache_dir, default_caption=caption)
+        dataset.prepare_all()
+        # The decoder is built by assignment from the loaded tensors, which are inference tensors: copy them.
+        groups = {**adapter.groups, "image_proj": {k: v.clone() for k, v in adapter.groups["image_proj"].items()}}
+        session = IdentitySession(model, groups, layout or layout_for(adapter), options, dataset,
+                                  torch.device(model.load_device), family="Visual Persona")
+        try:
+            trainer = run_consistentid(session, config, out_path, state_path,
+                                       should_cancel=comfy.model_management.processing_interrupted,
+                                       progress=_progress_reporter(config.steps, NODE))
+        except TrainingCancelled:
+            log.warning("[PartID] %s: cancelled; the state saved last (%s) is kept: run again with resume on.",
+                        NODE, state_path)
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            raise
+    return trainer.state.history, out_path
+
+
+def check_inputs(adapter, dinov2, body_parser, folder: str, train: str) -> None:
+    if getattr(adapter, "family", None) != "Visual Persona" or "image_proj" not in getattr(adapter, "groups", {}):
+        raise InputError(NODE, "adapter", "this is not a Visual Persona adapter.",
+                         "connect the PartID Visual Persona Loader's output.")
+    if not hasattr(dinov2, "embed_dim") or not hasattr(dinov2, "layout"):
+        raise InputError(NODE, "dinov2", f"expected PartID DINOv2 weights, got {type(dinov2).__name__}.",
+                         "connect the PartID DINOv2 Loader's output.")
+    wanted = adapter.groups["image_proj"]["transformer.layers.0.cross_attn.k_proj_weight"].shape[1]
+    if dinov2.embed_dim != wanted:
+        raise InputError(NODE, "dinov2", f"this DINOv2 gives {dinov2.embed_dim}-d tokens; the decoder takes "
+                         f"{wanted}-d tokens.", "load dinov2_vitg14_pretrain.pth (the one Visual Persona uses).")
+    check_body_parser(body_parser, NODE, "body_parser")
+    if not folder or not os.path.isdir(folder):
+        raise InputError(NODE, "folder", f"'{folder}' is not a folder.", "give the path of a folder of images.")
+    if train not in TRAIN_CHOICES:
+        raise InputError(NODE, "train", f"unknown choice '{train}'.", f"pick one of {list(TRAIN_CHOICES)}.")
+
+
+class TrainVisualPersona(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PartIDTrainVisualPersona", display_name=NODE, category="PartID/Training",
+            description="Trains Visual Persona (body-partitioned decoder, ID key/value) on a frozen SDXL from a "
+                        "folder of images (captions in same-name .txt files; identities from subfolders or "
+                        "identities.json). Body-part masks from the body parser, part images through DINOv2, both "
+                        "computed once per image and cached. Loss: noise loss + lambda x attention-localisation "
+                        "loss of each part's tokens against that part's mask. Saves weights the Visual Persona "
+                        "Loader reads.",
+            inputs=[
+                io.Model.Input("model", tooltip="SDXL."), io.Vae.Input("vae"), io.Clip.Input("clip"),
+                types.VisualPersonaAdapter.Input("adapter", tooltip="Start point (PartID Visual Persona Loader)."),
+                types.DINOv2.Input("dinov2", tooltip="PartID DINOv2 Loader (ViT-g/14 for the released decoder)."),
+                types.BodyParser.Input("body_parser", tooltip="PartID Body Parser Loader: the part masks."),
+                io.String.Input("folder", default="training_images",
+                                tooltip="Folder of training images: absolute, or relative to ComfyUI's input folder."),
+                io.String.Input("output_name", default="partid_visual_persona_trained",
+                                tooltip="File name (no extension) in models/identity_adapters."),
+                io.Combo.Input("train", options=list(TRAIN_CHOICES), default="decoder + id_kv"),
+                io.Int.Input("steps", default=1000, min=1, max=1_000_000),
+                io.Int.Input("batch_size", default=1, min=1, max=256),
+                io.Float.Input("learning_rate", default=1e-5, min=0.0, max=1.0, step=1e-6),
+                io.Int.Input("warmup_steps", default=0, min=0, max=1_000_000),
+                io.Combo.Input("precision", options=list(PRECISIONS), default="bf16"),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1),
+                io.Float.Input("loc_weight", default=0.01, min=0.0, max=100.0, step=0.001,
+                               tooltip="lambda of the per-part localisation loss."),
+                io.Combo.Input("loc_loss", options=list(LOSSES), default="consistentid"),
+                io.Boolean.Input("paired", default=True,
+                                 tooltip="Condition on another image of the same identity, as Visual Persona trains."),
+                io.Int.Input("resolution", default=1024, min=64, max=2048, step=64),
+                io.Int.Input("save_every", default=100, min=0, max=1_000_000),
+                io.Boolean.Input("resume", default=True, tooltip="Continue from this output's saved state, if any."),
+            ],
+            outputs=[types.VisualPersonaAdapter.Output(display_name="adapter"),
+                     io.Image.Output(display_name="loss_curve"), io.String.Output(display_name="path")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, model, vae, clip, adapter, dinov2, body_parser, folder,
+                output_name="partid_visual_persona_trained", train="decoder + id_kv", steps=1000, batch_size=1,
+                learning_rate=1e-5, warmup_steps=0, precision="bf16", seed=0, loc_weight=0.01,
+                loc_loss="consistentid", paired=True, resolution=1024, save_every=100, resume=True):
+        folder = resolve_folder(folder)
+        check_inputs(adapter, dinov2, body_parser, folder, train)
+        options = JobOptions(train=TRAIN_CHOICES[train], loc_weight=loc_weight, loc_loss=loc_loss, paired=paired,
+                             resolution=resolution)
+        config = TrainConfig(steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+                             warmup_steps=warmup_steps, precision=precision, seed=seed, save_every=save_every)
+        history, path = run_vp_training(model, vae, clip, adapter, dinov2, body_parser, folder, output_name,
+                                        options, config, resume)
+        trained = model_files.load_adapter(path, "Visual Persona")
+        return io.NodeOutput(trained, loss_curve_image(history), path)
+
+
+NODES = [TrainVisualPersona]
