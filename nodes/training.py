@@ -40,6 +40,29 @@ def output_paths(name: str) -> tuple[str, str]:
     return os.path.join(adapter_dir, safe + ".safetensors"), os.path.join(state_dir, safe + ".state")
 
 
+def forget_state(state_path: str) -> None:
+    """A run with resume off starts from the loaded adapter: remove the resume state of an earlier run."""
+    for suffix in (".pt", ".safetensors"):
+        if os.path.isfile(state_path + suffix):
+            os.remove(state_path + suffix)
+
+
+def run_job(session, config: TrainConfig, out_path: str, state_path: str, node: str):
+    """Train with ComfyUI's progress bar and cancel; a cancel keeps the state saved last and re-raises
+    ComfyUI's interrupt, so the queue shows the run as interrupted."""
+    import comfy.model_management
+
+    try:
+        return run_consistentid(session, config, out_path, state_path,
+                                should_cancel=comfy.model_management.processing_interrupted,
+                                progress=_progress_reporter(config.steps, node))
+    except TrainingCancelled:
+        log.warning("[PartID] %s: cancelled; the state saved last (%s) is kept: run again with resume on.",
+                    node, state_path)
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        raise
+
+
 def resolve_folder(folder: str) -> str:
     """A relative folder is looked up in ComfyUI's input folder first (input/training_images), then as given."""
     import folder_paths
@@ -75,14 +98,10 @@ def run_training(model, vae, clip, adapter, folder: str, output_name: str, optio
           resume: bool = True, face_parser=None, analyzer=None, clip_vision=None, layout=None,
           caption: str = "a photo of a person", cache_dir: str | None = None):
     """The node's work; returns (trainer history, adapter path). Tests pass tiny layouts."""
-    import comfy.model_management
-
     layout = layout or layout_for(adapter)
     out_path, state_path = output_paths(output_name)
     if not resume:
-        for suffix in (".pt", ".safetensors"):
-            if os.path.isfile(state_path + suffix):
-                os.remove(state_path + suffix)
+        forget_state(state_path)
     parser_engine = None
     if face_parser is not None:
         from ..models.face_parsing import face_parser_from
@@ -98,18 +117,7 @@ def run_training(model, vae, clip, adapter, folder: str, output_name: str, optio
         dataset.prepare_all()
         shortcut = adapter.format.base == "sdxl"
         session = ConsistentIDSession(model, adapter.groups, layout, options, dataset, device, shortcut)
-
-        def cancelled() -> bool:
-            return comfy.model_management.processing_interrupted()
-
-        try:
-            trainer = run_consistentid(session, config, out_path, state_path, should_cancel=cancelled,
-                                       progress=_progress_reporter(config.steps))
-        except TrainingCancelled:
-            log.warning("[PartID] %s: cancelled; the state saved last (%s) is kept: run again with resume on.",
-                        NODE, state_path)
-            comfy.model_management.throw_exception_if_processing_interrupted()
-            raise
+        trainer = run_job(session, config, out_path, state_path, NODE)
     return trainer.state.history, out_path
 
 

@@ -3,14 +3,13 @@
 loss (each part's 256 tokens against that part's mask in the denoised image).
 
 Thin glue over the same run code as PartID Train ConsistentID (nodes/training_run.py: IdentitySession
-with family "Visual Persona", run_consistentid; nodes/training.py: output paths, progress, folder).
+with family "Visual Persona"; nodes/training.py: output paths, run_job (progress, cancel), folder).
 Per image, once (cached by CachedDataset): the body parser's five masks, the part images cut as the
 released code cuts them, DINOv2 patch tokens of parts 1-4, the VAE latent and the text. The saved
 file has the released weight.bin groups (image_proj, ip_adapter), so the Visual Persona Loader reads it.
 """
 from __future__ import annotations
 
-import logging
 import os
 
 import torch
@@ -23,15 +22,15 @@ from ..models.errors import InputError
 from ..models.training.dataset import CachedDataset, Sample
 from ..models.training.losses import LOSSES, resize_mask
 from ..models.training.objective import loss_curve_image
-from ..models.training.trainer import PRECISIONS, TrainConfig, TrainingCancelled
+from ..models.training.trainer import PRECISIONS, TrainConfig
 from ..models.visual_persona import SELECTED_PARTS, encode_parts, part_images
 from . import types
-from .training import _progress_reporter, output_paths, resolve_folder
-from .training_run import IdentitySession, JobOptions, latent_and_text, layout_for, load_rgb, run_consistentid
+from .visual_persona_encode import check_inputs as check_encoder_inputs
+from .training import forget_state, output_paths, resolve_folder, run_job
+from .training_run import IdentitySession, JobOptions, latent_and_text, layout_for, load_rgb
 
 NODE = "PartID Train Visual Persona"
 TRAIN_CHOICES = {"decoder + id_kv": ("decoder", "id_kv"), "decoder": ("decoder",), "id_kv": ("id_kv",)}
-log = logging.getLogger("partid.training")
 
 
 def make_vp_prepare(vae, clip, resolution: int, dinov2_weights, body_parser):
@@ -69,13 +68,9 @@ def run_vp_training(model, vae, clip, adapter, dinov2, body_parser, folder: str,
                     options: JobOptions, config: TrainConfig, resume: bool = True, layout=None,
                     caption: str = "a photo of a person", cache_dir: str | None = None):
     """The node's work; returns (trainer history, adapter path). Tests pass tiny layouts."""
-    import comfy.model_management
-
     out_path, state_path = output_paths(output_name)
     if not resume:
-        for suffix in (".pt", ".safetensors"):
-            if os.path.isfile(state_path + suffix):
-                os.remove(state_path + suffix)
+        forget_state(state_path)
     key = "|".join(str(x) for x in ("visual_persona", options.resolution, getattr(body_parser, "path", None),
                                     getattr(dinov2, "path", None)))
     with torch.inference_mode(False):
@@ -86,29 +81,12 @@ def run_vp_training(model, vae, clip, adapter, dinov2, body_parser, folder: str,
         groups = {**adapter.groups, "image_proj": {k: v.clone() for k, v in adapter.groups["image_proj"].items()}}
         session = IdentitySession(model, groups, layout or layout_for(adapter), options, dataset,
                                   torch.device(model.load_device), family="Visual Persona")
-        try:
-            trainer = run_consistentid(session, config, out_path, state_path,
-                                       should_cancel=comfy.model_management.processing_interrupted,
-                                       progress=_progress_reporter(config.steps, NODE))
-        except TrainingCancelled:
-            log.warning("[PartID] %s: cancelled; the state saved last (%s) is kept: run again with resume on.",
-                        NODE, state_path)
-            comfy.model_management.throw_exception_if_processing_interrupted()
-            raise
+        trainer = run_job(session, config, out_path, state_path, NODE)
     return trainer.state.history, out_path
 
 
 def check_inputs(adapter, dinov2, body_parser, folder: str, train: str) -> None:
-    if getattr(adapter, "family", None) != "Visual Persona" or "image_proj" not in getattr(adapter, "groups", {}):
-        raise InputError(NODE, "adapter", "this is not a Visual Persona adapter.",
-                         "connect the PartID Visual Persona Loader's output.")
-    if not hasattr(dinov2, "embed_dim") or not hasattr(dinov2, "layout"):
-        raise InputError(NODE, "dinov2", f"expected PartID DINOv2 weights, got {type(dinov2).__name__}.",
-                         "connect the PartID DINOv2 Loader's output.")
-    wanted = adapter.groups["image_proj"]["transformer.layers.0.cross_attn.k_proj_weight"].shape[1]
-    if dinov2.embed_dim != wanted:
-        raise InputError(NODE, "dinov2", f"this DINOv2 gives {dinov2.embed_dim}-d tokens; the decoder takes "
-                         f"{wanted}-d tokens.", "load dinov2_vitg14_pretrain.pth (the one Visual Persona uses).")
+    check_encoder_inputs(dinov2, adapter, NODE)
     check_body_parser(body_parser, NODE, "body_parser")
     if not folder or not os.path.isdir(folder):
         raise InputError(NODE, "folder", f"'{folder}' is not a folder.", "give the path of a folder of images.")

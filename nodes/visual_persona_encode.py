@@ -62,16 +62,17 @@ def release(weights) -> None:
         mm.soft_empty_cache()
 
 
-def check_inputs(dinov2, adapter) -> None:
+def check_inputs(dinov2, adapter, node: str = NODE) -> None:
+    """A Visual Persona adapter and a DINOv2 whose token width its decoder takes (shared with the trainer)."""
     if getattr(adapter, "family", None) != "Visual Persona" or "image_proj" not in getattr(adapter, "groups", {}):
-        raise InputError(NODE, "adapter", "this is not a Visual Persona adapter.",
+        raise InputError(node, "adapter", "this is not a Visual Persona adapter.",
                          "connect the PartID Visual Persona Loader's output.")
     if not hasattr(dinov2, "embed_dim") or not hasattr(dinov2, "layout"):
-        raise InputError(NODE, "dinov2", f"expected PartID DINOv2 weights, got {type(dinov2).__name__}.",
+        raise InputError(node, "dinov2", f"expected PartID DINOv2 weights, got {type(dinov2).__name__}.",
                          "connect the PartID DINOv2 Loader's output.")
     wanted = adapter.groups["image_proj"]["transformer.layers.0.cross_attn.k_proj_weight"].shape[1]
     if dinov2.embed_dim != wanted:
-        raise InputError(NODE, "dinov2", f"this DINOv2 ({dinov2.size_name}) gives {dinov2.embed_dim}-d tokens; the "
+        raise InputError(node, "dinov2", f"this DINOv2 ({dinov2.size_name}) gives {dinov2.embed_dim}-d tokens; the "
                          f"Visual Persona decoder takes {wanted}-d tokens.",
                          "load dinov2_vitg14_pretrain.pth (DINOv2 ViT-g/14) with the PartID DINOv2 Loader.")
 
