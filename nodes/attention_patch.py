@@ -144,6 +144,17 @@ class IdentityGroup:
         return expand_token_scale(self.token_scale, self.source.n_tokens)
 
 
+def base_attention(previous, q, k, v, extra_options):
+    """The attention a replace patch wraps: the previously installed patch, else exactly what ComfyUI's
+    CrossAttention.forward would call, so a patch that adds nothing changes nothing."""
+    if previous is not None:
+        return previous(q, k, v, extra_options)
+    from comfy.ldm.modules import attention as comfy_attention
+
+    return comfy_attention.optimized_attention(q, k, v, extra_options["n_heads"], transformer_options=extra_options,
+                                               attn_precision=extra_options.get("attn_precision"))
+
+
 class DecoupledAttentionPatch:
     """attn2 replace patch for one block: text attention (or the previous patch) + identity groups."""
 
@@ -156,13 +167,7 @@ class DecoupledAttentionPatch:
 
     def __call__(self, q, k, v, extra_options):
         heads = extra_options["n_heads"]
-        if self.previous is not None:
-            text = self.previous(q, k, v, extra_options)
-        else:
-            # Exactly what CrossAttention.forward would call, so an inactive patch changes nothing.
-            from comfy.ldm.modules import attention as comfy_attention
-            text = comfy_attention.optimized_attention(q, k, v, heads, transformer_options=extra_options,
-                                                       attn_precision=extra_options.get("attn_precision"))
+        text = base_attention(self.previous, q, k, v, extra_options)
         sigmas = extra_options.get("sigmas")
         active = [g for g in self.groups if g.weight != 0 and g.is_active(sigmas)]
         if not active:

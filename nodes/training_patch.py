@@ -24,6 +24,7 @@ import torch.utils.checkpoint
 from ..models.attention.decoupled import token_grid
 from ..models.attention.unet_keys import cross_attention_blocks_of_module
 from ..models.training.attention_hooks import LoraDelta, TrainingHooks
+from .attention_patch import base_attention
 
 
 class TrainingAttentionPatch:
@@ -36,13 +37,7 @@ class TrainingAttentionPatch:
 
     def __call__(self, q, k, v, extra_options):
         heads = extra_options["n_heads"]
-        if self.previous is not None:
-            out = self.previous(q, k, v, extra_options)
-        else:
-            from comfy.ldm.modules import attention as comfy_attention
-
-            out = comfy_attention.optimized_attention(q, k, v, heads, transformer_options=extra_options,
-                                                      attn_precision=extra_options.get("attn_precision"))
+        out = base_attention(self.previous, q, k, v, extra_options)
         grid = None
         if self.hooks.recorder.enabled:   # recording off: no grid, no maps, only the identity branch
             grid = token_grid(q.shape[1], extra_options.get("activations_shape"), extra_options.get("original_shape"))
