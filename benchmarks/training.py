@@ -9,7 +9,9 @@ built in-process, with random latents and text conditioning (the UNet cost does 
 values). PartID trains the ConsistentID ID key/value projections and the rank-128 LoRA on every
 attention (an adapter sized for the UNet, random weights, LoRA up zero as officially initialised),
 with the localisation loss on (lambda 0.01, the five middle blocks); ComfyUI's TrainLoraNode trains
-its rank-128 LoRA on every weight of the UNet (its default: all layers), AdamW, MSE.
+its rank-128 LoRA on every weight of the UNet (its default: all layers), AdamW, MSE. A third row is
+the official set: FacialEncoder (full size) + ProjPlus + ID key/value + LoRA with five region tokens
+fused into the text and the localisation loss on them.
 
 "step" = (wall time of an N-step run - wall time of a 1-step run) / (N - 1): model loading, adapter
 setup and the first step's allocations are excluded alike. "peak" = torch.cuda.max_memory_allocated on
@@ -40,13 +42,14 @@ def random_unet(base: str, device: str, dtype: torch.dtype, tiny: bool = False):
     return comfy.model_patcher.ModelPatcher(model, torch.device(device), torch.device("cpu"))
 
 
-def adapter_groups(base: str, unet_layout) -> dict:
+def adapter_groups(base: str, unet_layout, facial: bool = False) -> dict:
     from fixtures_builders.random_weights import random_state
 
     from partid.models.layouts.consistentid import adapter_modules_layout, consistentid_layout
 
     layout = consistentid_layout(base)
-    groups = {"image_proj": random_state(next(iter(layout.values())), 0, dtype=torch.float32), "FacialEncoder": {},
+    encoder = random_state(layout["FacialEncoder"], 2, dtype=torch.float32) if facial else {}
+    groups = {"image_proj": random_state(next(iter(layout.values())), 0, dtype=torch.float32), "FacialEncoder": encoder,
               "adapter_modules": random_state(adapter_modules_layout(unet_layout), 1, dtype=torch.float32)}
     groups["adapter_modules"] = {k: (torch.zeros_like(v) if k.endswith("_lora.up.weight") else v)
                                  for k, v in groups["adapter_modules"].items()}
@@ -63,7 +66,7 @@ def conditioning(base: str, batch: int, size: int):
 
 
 def run_partid(pack, patcher, base: str, size: int, steps: int, precision: str, checkpointing: bool,
-               tiny: bool = False) -> float:
+               tiny: bool = False, official: bool = False) -> float:
     from fixtures_builders.training import TINY_SD15_LAYOUT
 
     from partid.models.layouts.unet_attention import UNETS
@@ -76,15 +79,23 @@ def run_partid(pack, patcher, base: str, size: int, steps: int, precision: str, 
             "arcface": torch.randn(512), "clip_states": torch.randn(257, 1280) * 0.1}
     if pooled is not None:
         item["pooled"] = pooled[0]
+    train = ("id_kv", "lora")
+    if official:   # five regions fused after words 4, 8, ... of the text; each region a quarter of the image
+        train = ("facial_encoder", "proj_plus", "id_kv", "lora")
+        masks = torch.zeros(5, size // 8, size // 8)
+        for r in range(5):
+            masks[r, (r % 2) * size // 16:(r % 2 + 1) * size // 16, (r // 2 % 2) * size // 16:] = 1
+        item.update(region_states=torch.randn(5, 257, 1280) * 0.1, slot_positions=torch.arange(4, 24, 4),
+                    region_masks=masks)
     dataset = CachedDataset("unused", lambda p, s: item, "bench", samples=[Sample("x.png", "", "x")])
     dataset._memory[0] = item
-    options = training_run.JobOptions(train=("id_kv", "lora"), loc_weight=0.01, resolution=size,
+    options = training_run.JobOptions(train=train, loc_weight=0.01, resolution=size,
                                       gradient_checkpointing=checkpointing)
     device = torch.device(patcher.load_device)
     with torch.inference_mode(False):
         layout = TINY_SD15_LAYOUT if tiny else UNETS[base]
-        session = training_run.ConsistentIDSession(patcher, adapter_groups(base, layout), layout, options, dataset,
-                                                   device, shortcut=base == "sdxl")
+        session = training_run.ConsistentIDSession(patcher, adapter_groups(base, layout, official), layout, options,
+                                                   dataset, device, shortcut=base == "sdxl")
         harness.sync(device.type)
         start = time.perf_counter()
         training_run.run_consistentid(session, TrainConfig(steps=steps, precision=precision, learning_rate=1e-4),
@@ -142,7 +153,10 @@ def main() -> None:
                      lambda n: run_partid(pack, patcher, base, size, n, precision, args.gradient_checkpointing,
                                           args.tiny)),
                     ("ComfyUI Train LoRA (rank 128, all layers)",
-                     lambda n: run_comfy_lora(nodes, patcher, base, size, n, precision, args.gradient_checkpointing))):
+                     lambda n: run_comfy_lora(nodes, patcher, base, size, n, precision, args.gradient_checkpointing)),
+                    ("PartID ConsistentID official set (FacialEncoder + ProjPlus + id_kv + LoRA, 5 fused regions)",
+                     lambda n: run_partid(pack, patcher, base, size, n, precision, args.gradient_checkpointing,
+                                          args.tiny, official=True))):
                 per_step, peak = measure(fn, steps, args.device)
                 rows.append((base, f"{size}x{size}", name, f"{per_step:.3f}", f"{peak / 2**20:.0f}"))
                 print(f"{base} {size} {name}: {per_step:.3f} s/step, {harness.peak_label(args.device)} "

@@ -1,5 +1,9 @@
-"""PartID Train ConsistentID: trains ConsistentID's ProjPlus / ID key-value / LoRA on a frozen base model
-with the noise loss plus lambda x an attention-localisation loss, from a folder of images.
+"""PartID Train ConsistentID: trains ConsistentID's FacialEncoder / ProjPlus / ID key-value / LoRA on a frozen
+base model with the noise loss plus lambda x an attention-localisation loss, from a folder of images.
+
+With a face parser and CLIP vision connected, each image's facial regions are fused into its caption as
+at inference and the localisation loss is on those fused tokens (the paper); without them, on the ID
+tokens against the face mask.
 
 Thin glue: checks inputs, builds the dataset preparation from the connected models, runs
 nodes/training_run.py (shared with the headless `train` command), reports progress (ComfyUI's
@@ -15,17 +19,25 @@ import torch
 from comfy_api.latest import io
 
 from ..models import model_files
+from ..models.consistentid.prompt import PAIRINGS
 from ..models.errors import InputError
 from ..models.training.dataset import CachedDataset
 from ..models.training.losses import LOSSES
 from ..models.training.objective import loss_curve_image
 from ..models.training.trainer import PRECISIONS, TrainConfig, TrainingCancelled
 from . import types
-from .training_run import BLOCK_CHOICES, ConsistentIDSession, JobOptions, layout_for, make_prepare, run_consistentid
+from .training_regions import FacialText
+from .training_run import (ATTENTIONS, BLOCK_CHOICES, ConsistentIDSession, JobOptions, layout_for, make_prepare,
+                           run_consistentid)
+from .validate import require_choice
 
 NODE = "PartID Train ConsistentID"
 TRAIN_CHOICES = {"proj_plus + id_kv + lora": ("proj_plus", "id_kv", "lora"), "id_kv": ("id_kv",),
-                 "id_kv + lora": ("id_kv", "lora"), "proj_plus + id_kv": ("proj_plus", "id_kv"), "lora": ("lora",)}
+                 "id_kv + lora": ("id_kv", "lora"), "proj_plus + id_kv": ("proj_plus", "id_kv"), "lora": ("lora",),
+                 "facial_encoder + proj_plus + id_kv + lora": ("facial_encoder", "proj_plus", "id_kv", "lora"),
+                 "facial_encoder": ("facial_encoder",), "facial_encoder + lora": ("facial_encoder", "lora")}
+# Inputs that need the fused region tokens, hence a face parser and CLIP vision.
+NEEDS_REGIONS = "needs the facial regions fused into the captions"
 log = logging.getLogger("partid.training")
 
 
@@ -107,13 +119,15 @@ def run_training(model, vae, clip, adapter, folder: str, output_name: str, optio
         from ..models.face_parsing import face_parser_from
 
         parser_engine = face_parser_from(face_parser, "cpu")
+    facial = FacialText(adapter.format.base, options.pairing)
     key = "|".join(str(x) for x in (options.resolution, getattr(face_parser, "path", None),
                                     getattr(analyzer, "name", None) or type(analyzer).__name__,
-                                    id(clip_vision) if clip_vision is not None else None))
+                                    id(clip_vision) if clip_vision is not None else None, facial.key))
     device = torch.device(model.load_device)
     with torch.inference_mode(False):
         dataset = CachedDataset(folder, make_prepare(vae, clip, options.resolution, parser_engine, analyzer,
-                                                     clip_vision), key, cache_dir=cache_dir, default_caption=caption)
+                                                     clip_vision, facial), key, cache_dir=cache_dir,
+                                default_caption=caption)
         dataset.prepare_all()
         shortcut = adapter.format.base == "sdxl"
         session = ConsistentIDSession(model, adapter.groups, layout, options, dataset, device, shortcut)
@@ -158,9 +172,19 @@ class TrainConsistentID(io.ComfyNode):
                 io.Boolean.Input("resume", default=True, tooltip="Continue from this output's saved state, if any."),
                 io.Float.Input("drop_background", default=0.0, min=0.0, max=1.0, step=0.05,
                                tooltip="Probability that a sample's noise loss ignores the background (official 0.5)."),
-                types.FaceParser.Input("face_parser", optional=True, tooltip="Face masks for images without *_mask.png."),
+                types.FaceParser.Input("face_parser", optional=True,
+                                       tooltip="Facial regions (with clip_vision: fused region tokens and their "
+                                               "localisation loss); else face masks from *_mask.png files."),
                 types.FaceAnalyzer.Input("analyzer", optional=True, tooltip="ArcFace embeddings (buffalo_l)."),
-                io.ClipVision.Input("clip_vision", optional=True, tooltip="CLIP-ViT-H/14 for the ID tokens."),
+                io.ClipVision.Input("clip_vision", optional=True,
+                                    tooltip="CLIP-ViT-H/14 for the ID tokens and the region tokens."),
+                io.Combo.Input("loc_attention", options=list(ATTENTIONS), default="cross", optional=True,
+                               tooltip="cross: fused region tokens' cross-attention (the paper, FastComposer). self: "
+                                       "self-attention at their positions, as the released ConsistentID code did. "
+                                       "Both need face_parser and clip_vision."),
+                io.Combo.Input("pairing", options=list(PAIRINGS), default="faithful", optional=True,
+                               tooltip="Region <-> caption word pairing of the fused text, as in Text Fusion "
+                                       "(faithful: by order, as the official training)."),
             ],
             outputs=[types.ConsistentIDAdapter.Output(display_name="adapter"),
                      io.Image.Output(display_name="loss_curve"), io.String.Output(display_name="path")],
@@ -172,18 +196,30 @@ class TrainConsistentID(io.ComfyNode):
                 train="proj_plus + id_kv + lora", steps=1000, batch_size=1, grad_accumulation=1, learning_rate=1e-4,
                 warmup_steps=0, precision="bf16", gradient_checkpointing=False, seed=0, loc_weight=0.01,
                 loc_loss="consistentid", blocks="middle", paired=False, resolution=512, save_every=100, resume=True,
-                drop_background=0.0, face_parser=None, analyzer=None, clip_vision=None):
+                drop_background=0.0, face_parser=None, analyzer=None, clip_vision=None, loc_attention="cross",
+                pairing="faithful"):
         if getattr(adapter, "family", None) != "ConsistentID":
             raise InputError(NODE, "adapter", "this is not a ConsistentID adapter.",
                              "connect the PartID ConsistentID Loader's output.")
         folder = resolve_folder(folder)
         if not folder or not os.path.isdir(folder):
             raise InputError(NODE, "folder", f"'{folder}' is not a folder.", "give the path of a folder of images.")
-        if train not in TRAIN_CHOICES:
-            raise InputError(NODE, "train", f"unknown choice '{train}'.", f"pick one of {list(TRAIN_CHOICES)}.")
+        require_choice(NODE, "train", train, TRAIN_CHOICES)
+        require_choice(NODE, "loc_attention", loc_attention, ATTENTIONS)
+        require_choice(NODE, "pairing", pairing, PAIRINGS)
+        regions = face_parser is not None and clip_vision is not None
+        for name, needs in (("train", "facial_encoder" in TRAIN_CHOICES[train]), ("loc_attention", loc_attention == "self")):
+            if needs and not regions:
+                raise InputError(NODE, name, f"'{train if name == 'train' else loc_attention}' {NEEDS_REGIONS}, and "
+                                 "face_parser or clip_vision is not connected.",
+                                 "connect a PartID Face Parser Loader to face_parser and Load CLIP Vision "
+                                 "(CLIP-ViT-H/14) to clip_vision.")
+        if regions and not adapter.groups.get("FacialEncoder"):
+            raise InputError(NODE, "adapter", "the adapter has no FacialEncoder weights to fuse region tokens with.",
+                             "load an official ConsistentID file, or disconnect face_parser.")
         options = JobOptions(train=TRAIN_CHOICES[train], loc_weight=loc_weight, loc_loss=loc_loss, blocks=blocks,
                              paired=paired, resolution=resolution, drop_background=drop_background,
-                             gradient_checkpointing=gradient_checkpointing)
+                             gradient_checkpointing=gradient_checkpointing, attention=loc_attention, pairing=pairing)
         config = TrainConfig(steps=steps, batch_size=batch_size, grad_accumulation=grad_accumulation,
                              learning_rate=learning_rate, warmup_steps=warmup_steps, precision=precision, seed=seed,
                              save_every=save_every)

@@ -5,9 +5,16 @@ so both run the same code. The math lives in models/training/; this file only co
 ComfyUI objects (ModelPatcher, VAE, CLIP, CLIP_VISION) and to PartID's parsers.
 
 ConsistentID identity tokens: ProjPlus(ArcFace, CLIP-H penultimate states of the whole reference),
-attended by every cross-attention through the trainable to_k_ip/to_v_ip; the localisation target is
-the face mask of the *target* image (the image being denoised). With `paired`, the reference is
-another image of the same identity (Visual Persona's cross-image pairing).
+attended by every cross-attention through the trainable to_k_ip/to_v_ip. With a face parser and CLIP
+vision the run also fuses region tokens into the caption (FacialEncoder, nodes/training_regions.py)
+and, as the paper, the localisation loss is on those fused tokens, each against its region's mask in
+the *target* image (the image being denoised); without regions it falls back to the ID tokens against
+the face mask. With `paired`, the ID tokens come from another image of the same identity (Visual
+Persona's cross-image pairing).
+
+Attention maps come from the cross-attention (`attention="cross"`, the paper and FastComposer) or
+from the self-attention (`"self"`, what the released ConsistentID code hooked: attn1 probabilities at
+the fused tokens' text positions used as key positions, each head's map divided by its maximum).
 """
 from __future__ import annotations
 
@@ -26,11 +33,14 @@ from ..models.training.losses import localisation_loss, mask_mass, resize_mask
 from ..models.training.objective import noise_loss, sample_noise
 from ..models.training.trainables import AdapterTrainables, flat_for_safetensors
 from ..models.training.trainer import Trainer, TrainConfig
+from ..models.consistentid.regions import REGION_ORDER
 from ..models.visual_persona.tokens import SELECTED_PARTS
 from . import training_patch as tp
+from .training_regions import FacialText, facial_items
 
 log = logging.getLogger("partid.training")
 BLOCK_CHOICES = ("middle", "all")
+ATTENTIONS = ("cross", "self")
 PART_NAMES = ("full_body", "face", "upper", "lower", "shoes")   # Visual Persona's part order
 
 
@@ -39,13 +49,31 @@ class JobOptions:
     train: tuple = ("proj_plus", "id_kv", "lora")
     loc_weight: float = 0.01
     loc_loss: str = "consistentid"
-    normalise: str = "pixels"
+    normalise: str = "auto"                  # auto: see map_normalisation
+    attention: str = "cross"                 # which attention the maps come from (ATTENTIONS)
+    pairing: str = "faithful"                # region <-> marker pairing of the fused text (prompt.PAIRINGS)
     blocks: str = "middle"                   # the five middle blocks (FastComposer/ConsistentID) or all
     paired: bool = False
     resolution: int = 512
     drop_background: float = 0.0             # probability a sample's noise loss ignores the background
     id_weight: float = 1.0
     gradient_checkpointing: bool = False
+
+    def __post_init__(self):
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
+        if self.blocks not in BLOCK_CHOICES:
+            raise ValueError(f"blocks must be one of {BLOCK_CHOICES}, got {self.blocks!r}")
+
+    def map_normalisation(self, family: str) -> str:
+        """auto: the released code's per-head max for self-attention maps; StoryMaker's probabilities for its MSE
+        when groups share the identity keys (Visual Persona's parts; ConsistentID's one ID group would be
+        constant, REFERENCE 1.3); otherwise a softmax over pixels."""
+        if self.normalise != "auto":
+            return self.normalise
+        if self.attention == "self":
+            return "keys_max"
+        return "keys" if self.loc_loss == "storymaker" and family == "Visual Persona" else "pixels"
 
 
 def load_rgb(path: str, resolution: int) -> torch.Tensor:
@@ -85,10 +113,18 @@ def latent_and_text(vae, clip, image: torch.Tensor, caption: str) -> dict:
     return out
 
 
-def make_prepare(vae, clip, resolution: int, face_parser=None, analyzer=None, clip_vision=None):
-    """prepare(path, sample) for CachedDataset: latent, text, face mask, ArcFace, CLIP-H states."""
+def make_prepare(vae, clip, resolution: int, face_parser=None, analyzer=None, clip_vision=None,
+                 facial: FacialText | None = None):
+    """prepare(path, sample) for CachedDataset: latent, text, face mask, ArcFace, CLIP-H states; with a face
+    parser, CLIP vision and `facial`, the fused-region data of nodes/training_regions.py as well."""
     def prepare(path: str, sample: Sample) -> dict:
         image = load_rgb(path, resolution)
+        if facial is not None and face_parser is not None and clip_vision is not None:
+            out = {"latent": vae.encode(image[..., :3])[0].float()}
+            out.update(facial_items(clip, clip_vision, face_parser, image, sample.caption, facial,
+                                    tuple(out["latent"].shape[-2:])))
+            out["arcface"] = _arcface(analyzer, image)
+            return out
         out = latent_and_text(vae, clip, image, sample.caption)
         mask = _mask_file(path, resolution)
         if mask is None and face_parser is not None:
@@ -98,14 +134,7 @@ def make_prepare(vae, clip, resolution: int, face_parser=None, analyzer=None, cl
         if mask is None:
             mask = torch.ones(1, resolution, resolution)
         out["mask"] = resize_mask(mask, tuple(out["latent"].shape[-2:])).view(out["latent"].shape[-2:])
-        arcface = torch.zeros(512)
-        if analyzer is not None:
-            from ..models.face_analysis import analyze
-
-            u8 = (image[0] * 255).round().to(torch.uint8).numpy()
-            found = analyze(analyzer, [u8], det_thresh=0.3, on_no_face="bypass")
-            arcface = torch.from_numpy(found.embeddings(normed=True)[0]).float()
-        out["arcface"] = arcface
+        out["arcface"] = _arcface(analyzer, image)
         if clip_vision is not None:
             out["clip_states"] = clip_vision.encode_image(image, crop=True)["penultimate_hidden_states"][0].float()
         else:
@@ -114,10 +143,24 @@ def make_prepare(vae, clip, resolution: int, face_parser=None, analyzer=None, cl
     return prepare
 
 
+def _arcface(analyzer, image: torch.Tensor) -> torch.Tensor:
+    """[512] normed ArcFace of the largest face; zeros without an analyzer or a face (official uncond)."""
+    if analyzer is None:
+        return torch.zeros(512)
+    from ..models.face_analysis import analyze
+
+    u8 = (image[0] * 255).round().to(torch.uint8).numpy()
+    found = analyze(analyzer, [u8], det_thresh=0.3, on_no_face="bypass")
+    return torch.from_numpy(found.embeddings(normed=True)[0]).float()
+
+
 class IdentitySession:
     """A cloned, patched model with the trainable adapter and the loss of one micro-batch.
 
-    ConsistentID: ProjPlus tokens, one group (all 4 ID tokens) against the face mask `mask`.
+    ConsistentID: ProjPlus tokens; with region data (`region_states`, `slot_positions`, `region_masks`)
+    the FacialEncoder fuses each region's token into the text and each fused token is one group against
+    its region mask (kind "context", or "self" for self-attention maps); without it one group (all 4 ID
+    tokens) against the face mask `mask`.
     Visual Persona: decoder tokens of the parts in `part_features` [P, S, E] (DINOv2 patch tokens of
     the released parts 1-4), one group per part (its 256 tokens) against `part_masks` [P, h, w]; a part
     whose mask is empty in the target image is left out of the loss.
@@ -127,8 +170,19 @@ class IdentitySession:
                  dataset: CachedDataset, device: torch.device, shortcut: bool = False,
                  family: str = "ConsistentID"):
         self.options, self.dataset, self.device, self.family = options, dataset, device, family
+        self.regions = family == "ConsistentID" and len(dataset) > 0 and "region_states" in dataset.item(0)
+        if options.attention == "self" and not self.regions:
+            raise ValueError("self-attention maps need fused region tokens (ConsistentID with a face parser and "
+                             "CLIP vision): their text positions are the key positions the released code used")
         self.patcher = patcher.clone()
         unet_config = self.patcher.model.model_config.unet_config
+        facial = None
+        if self.regions:
+            from ..models.consistentid import FacialEncoder
+
+            if not adapter_groups.get("FacialEncoder"):
+                raise ValueError("the adapter has no FacialEncoder weights, which fusing region tokens needs")
+            facial = FacialEncoder.from_state_dict(adapter_groups["FacialEncoder"], torch.float32, device)
         if family == "ConsistentID":
             from ..models.consistentid import ProjPlus
             from ..models.consistentid.perceiver import materialise
@@ -141,25 +195,29 @@ class IdentitySession:
 
             encoder = PartDecoder.from_state_dict(adapter_groups["image_proj"], dtype=torch.float32, device=device)
         self.trainables = AdapterTrainables(family, adapter_groups, layout, unet_config, encoder,
-                                            options.train).to(device)
+                                            options.train, facial).to(device)
         blocks = tp.all_blocks(self.patcher)
         self.recorded = [b.key for b in (maps_engine.middle_blocks(_with_diffusers(blocks, unet_config))
                                          if options.blocks == "middle" else blocks)]
-        self.recorder = maps_engine.AttentionRecorder(set(self.recorded), "cross", options.normalise)
+        self.recorder = maps_engine.AttentionRecorder(set(self.recorded), options.attention,
+                                                      options.map_normalisation(family))
         self.hooks = TrainingHooks(self.recorder, IdentityBranch(self.trainables.block_projections(), options.id_weight))
-        tp.install_training_patches(self.patcher, self.hooks, [b.key for b in blocks])
+        tp.install_training_patches(self.patcher, self.hooks, [b.key for b in blocks],
+                                    self.recorded if options.attention == "self" else ())
         tp.add_lora_wrappers(self.patcher, self.trainables.lora_by_weight_key())
         self.last_mass = float("nan")
 
     def identity(self, items, refs, dev):
-        """(tokens [B, Tk, C], token groups with their target masks)."""
+        """(tokens [B, Tk, C], token groups with their target masks, foreground [B, h, w] of the noise loss)."""
         b = len(items)
         if self.family == "ConsistentID":
             tokens = self.trainables.encoder(torch.stack([r["arcface"] for r in refs]).to(dev),
                                              torch.stack([r["clip_states"] for r in refs]).to(dev))
-            index = torch.arange(tokens.shape[1], device=dev).expand(b, -1)
             masks = torch.stack([it["mask"] for it in items]).to(dev)
-            return tokens, [maps_engine.TokenGroup("id", "identity", index, masks)]
+            if self.regions:
+                return tokens, self.region_groups(items, dev), masks
+            index = torch.arange(tokens.shape[1], device=dev).expand(b, -1)
+            return tokens, [maps_engine.TokenGroup("id", "identity", index, masks)], masks
         feats = torch.stack([r["part_features"] for r in refs]).to(dev)                 # [B, P, S, E]
         parts = list(SELECTED_PARTS)[:feats.shape[1]]
         tokens = self.trainables.encoder(feats, parts)                                  # [B, P, T, W]
@@ -171,7 +229,22 @@ class IdentitySession:
             index = torch.arange(j * per, (j + 1) * per, device=dev).expand(b, -1).clone()
             index[~present] = -1
             groups.append(maps_engine.TokenGroup(PART_NAMES[part], "identity", index, masks[:, j], person=j))
-        return tokens.flatten(1, 2), groups
+        return tokens.flatten(1, 2), groups, masks.amax(1)
+
+    def region_groups(self, items, dev) -> list:
+        """One group per region slot fused in at least one sample: its text position, its region mask."""
+        slots = torch.stack([it["slot_positions"] for it in items]).to(dev)          # [B, 5]
+        masks = torch.stack([it["region_masks"] for it in items]).to(dev)            # [B, 5, h, w]
+        kind = "self" if self.options.attention == "self" else "context"
+        return [maps_engine.TokenGroup(name, kind, slots[:, r:r + 1], masks[:, r])
+                for r, name in enumerate(REGION_ORDER) if bool((slots[:, r] >= 0).any())]
+
+    def fused_context(self, items, context: torch.Tensor, dev) -> torch.Tensor:
+        if not self.regions:
+            return context
+        states = torch.stack([it["region_states"] for it in items]).to(dev)
+        slots = torch.stack([it["slot_positions"] for it in items]).to(dev)
+        return self.trainables.facial.fuse_slots(context, states, slots)
 
     def load(self):
         import comfy.model_management
@@ -181,8 +254,7 @@ class IdentitySession:
         self.patcher.model.requires_grad_(False)
         self.trainables.requires_grad_(False)
         for part in self.options.train:
-            {"proj_plus": self.trainables.encoder, "decoder": self.trainables.encoder, "id_kv": self.trainables.kv,
-             "lora": self.trainables.lora}[part].requires_grad_(True)
+            self.trainables.part(part).requires_grad_(True)
 
     def batch(self, indices, seeds, measure: bool = False) -> dict:
         """Loss parts of one micro-batch (also used to measure the attention mass with no grad)."""
@@ -200,9 +272,9 @@ class IdentitySession:
         noise = torch.stack(noises).to(dev)
         sigma = torch.tensor(sigmas, device=dev)
         x_t = ms.noise_scaling(sigma, noise, x0)
-        tokens, groups = self.identity(items, refs, dev)
+        tokens, groups, region = self.identity(items, refs, dev)
+        context = self.fused_context(items, context, dev)
         self.hooks.identity.tokens = tokens
-        region = groups[0].mask if self.family == "ConsistentID" else torch.stack([g.mask for g in groups]).amax(0)
         self.recorder.groups, self.recorder.enabled = groups, (opt.loc_weight > 0 or measure)
         self.recorder.clear()
         y = None

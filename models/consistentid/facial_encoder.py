@@ -140,6 +140,17 @@ class FacialEncoder(nn.Module):
         cross_dim = weights.format.context_dim
         return materialise(lambda: cls(cross_dim), weights.groups["FacialEncoder"], dtype, device)
 
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32,
+                        device: torch.device | str = "cpu") -> FacialEncoder:
+        """Built from the `FacialEncoder` group alone: width, depth and D read off the tensors, heads
+        64 wide as in the official 16 x 64 (the trainer uses this; it also builds small test encoders)."""
+        width = state["visual_projection.latents"].shape[-1]
+        depth = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("visual_projection.layers."))
+        cross_dim = state["fuse_module.layer_norm.weight"].shape[0]
+        return materialise(lambda: cls(cross_dim, width=width, depth=depth, heads=max(1, width // 64)),
+                           state, dtype, device)
+
     def encode_regions(self, region_states: torch.Tensor) -> torch.Tensor:
         """Region CLIP-H penultimate states [B, R, N, 1280] -> one token per region [B, R, D]."""
         b, r, n, c = region_states.shape
@@ -157,3 +168,21 @@ class FacialEncoder(nn.Module):
         if used == 0:
             return prompt_embeds.clone()
         return self.fuse_module(prompt_embeds, self.encode_regions(region_states[:, :used]), positions)
+
+    def fuse_slots(self, prompt_embeds: torch.Tensor, region_states: torch.Tensor,
+                   slot_positions: torch.Tensor) -> torch.Tensor:
+        """Training form of `forward`: each sample brings its own pairing.
+
+        region_states [B, R, N, 1280]; slot_positions [B, R] long: the prompt position region slot r
+        of sample b is fused into, -1 where it is not fused. Only the fused slots are encoded (one
+        resampler batch for the whole micro-batch). Returns NEW [B, T, D] embeddings.
+        """
+        b_idx, r_idx = (slot_positions >= 0).nonzero(as_tuple=True)
+        if b_idx.numel() == 0:
+            return prompt_embeds.clone()
+        dtype = self.fuse_module.layer_norm.weight.dtype
+        tokens = self.visual_projection(region_states[b_idx, r_idx].to(dtype))[:, 0]        # [K, D]
+        t_idx = slot_positions[b_idx, r_idx].to(prompt_embeds.device)
+        b_idx = b_idx.to(prompt_embeds.device)
+        fused = self.fuse_module.fuse_tokens(prompt_embeds[b_idx, t_idx].to(dtype), tokens)
+        return prompt_embeds.index_put((b_idx, t_idx), fused.to(prompt_embeds.dtype))

@@ -14,6 +14,13 @@ Two normalisations:
   block resolutions). REFERENCE 1.3: a softmax over the identity keys alone is constant per pixel.
 - "keys": the attention probabilities the model really uses (softmax over the keys of that
   attention), summed over the group's tokens: in 0..1 per pixel, StoryMaker's formulation.
+- "keys_max": those probabilities per head and token divided by their maximum over the pixels, then
+  averaged over heads and tokens: the released ConsistentID code (its BalancedL1Loss(normalize=True)
+  rescales each head's map that way; the loss is linear in the map, so averaging heads first is
+  the same loss).
+
+Key positions beyond an attention's keys (the released code indexes self-attention keys, i.e.
+pixels, with text-token positions, which can exceed a small block's pixel count) count as absent.
 
 Maps are computed from q and k only (a second, cheap product against the group's few keys), never
 from the block's output, so recording cannot change the forward result.
@@ -26,7 +33,7 @@ from typing import Hashable, Sequence
 import torch
 
 KINDS = ("context", "identity", "self")
-NORMALISATIONS = ("pixels", "keys")
+NORMALISATIONS = ("pixels", "keys", "keys_max")
 
 
 @dataclass
@@ -75,8 +82,9 @@ def group_maps(q: torch.Tensor, k: torch.Tensor, heads: int, index: torch.Tensor
     index = index.to(q.device)
     if index.shape[0] != b:
         index = index.expand(b, -1)
-    present = (index >= 0).to(torch.float32)                                  # [B, n]
-    safe = index.clamp(min=0)
+    tk = k.shape[1]
+    present = ((index >= 0) & (index < tk)).to(torch.float32)                 # [B, n]
+    safe = index.clamp(0, tk - 1)
     with torch.autocast(q.device.type, enabled=False):
         qh = _split_heads(q.float(), heads)                                   # [B, H, Tq, d]
         scale = qh.shape[-1] ** -0.5
@@ -87,9 +95,14 @@ def group_maps(q: torch.Tensor, k: torch.Tensor, heads: int, index: torch.Tensor
             weights = present / present.sum(1, keepdim=True).clamp(min=1)         # mean over present tokens
         else:
             logits = qh @ _split_heads(k.float(), heads).transpose(-1, -2) * scale  # [B, H, Tq, Tk]
-            probs = logits.softmax(dim=-1).mean(dim=1)                              # [B, Tq, Tk]
-            probs = torch.gather(probs, 2, safe.unsqueeze(1).expand(-1, tq, -1))    # [B, Tq, n]
-            weights = present                                                       # group's probability mass
+            probs = torch.gather(logits.softmax(dim=-1), 3,
+                                 safe[:, None, None, :].expand(-1, logits.shape[1], tq, -1))  # [B, H, Tq, n]
+            if normalise == "keys_max":
+                probs = probs / (probs.amax(dim=2, keepdim=True) + 1e-5)
+                weights = present / present.sum(1, keepdim=True).clamp(min=1)       # mean over present tokens
+            else:
+                weights = present                                                   # group's probability mass
+            probs = probs.mean(dim=1)                                               # [B, Tq, n]
         return (probs * weights.unsqueeze(1)).sum(-1)                               # [B, Tq]
 
 

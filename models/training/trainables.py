@@ -3,8 +3,9 @@
 ConsistentID (file groups `image_proj`, `FacialEncoder`, `adapter_modules`):
   "proj_plus"  ProjPlus (ArcFace + CLIP-H -> 4 ID tokens),
   "id_kv"      to_k_ip / to_v_ip of every cross-attention,
-  "lora"       the rank-128 LoRA on every attention (to_q/to_k/to_v/to_out, down/up, scale 1).
-  The FacialEncoder group is carried through unchanged (its training needs the fused text path).
+  "lora"       the rank-128 LoRA on every attention (to_q/to_k/to_v/to_out, down/up, scale 1),
+  "facial_encoder"  the FacialEncoder (region resampler + FuseModule) that fuses region tokens into
+              the text; present (frozen or trained) whenever the run fuses region tokens.
 Visual Persona (`image_proj` = part decoder, `ip_adapter`):
   "decoder"    the body-partitioned decoder,
   "id_kv"      to_k_ip / to_v_ip.
@@ -23,7 +24,7 @@ from torch import nn
 from ..attention.unet_keys import LORA_PROJECTIONS, processor_targets
 from ..layouts.unet_attention import UNetAttentionConfig
 
-CONSISTENTID_PARTS = ("proj_plus", "id_kv", "lora")
+CONSISTENTID_PARTS = ("facial_encoder", "proj_plus", "id_kv", "lora")
 VISUAL_PERSONA_PARTS = ("decoder", "id_kv")
 
 
@@ -49,10 +50,11 @@ def _ordinary_parameters(module: nn.Module) -> nn.Module:
 
 
 class AdapterTrainables(nn.Module):
-    """`encoder` (ProjPlus or PartDecoder), `kv` {index: {to_k_ip, to_v_ip}}, `lora` {index: {proj_lora: {down, up}}}."""
+    """`encoder` (ProjPlus or PartDecoder), `kv` {index: {to_k_ip, to_v_ip}}, `lora` {index: {proj_lora: {down, up}}},
+    `facial` (ConsistentID's FacialEncoder, or None when the run fuses no region tokens)."""
 
     def __init__(self, family: str, groups: Mapping[str, Mapping[str, torch.Tensor]], layout: UNetAttentionConfig,
-                 unet_config: dict, encoder: nn.Module, train: Sequence[str]):
+                 unet_config: dict, encoder: nn.Module, train: Sequence[str], facial: nn.Module | None = None):
         super().__init__()
         allowed = CONSISTENTID_PARTS if family == "ConsistentID" else VISUAL_PERSONA_PARTS
         unknown = [t for t in train if t not in allowed]
@@ -64,6 +66,9 @@ class AdapterTrainables(nn.Module):
         self.encoder_group = "image_proj"
         self.targets = processor_targets(layout, unet_config)
         self.encoder = _ordinary_parameters(encoder.float())
+        if "facial_encoder" in train and facial is None:
+            raise ValueError("training the FacialEncoder needs region tokens: the run has no facial regions")
+        self.facial = _ordinary_parameters(facial.float()) if facial is not None else None
         modules = self.groups[self.kv_group]
         self.kv = nn.ModuleDict()
         self.lora = nn.ModuleDict()
@@ -79,9 +84,12 @@ class AdapterTrainables(nn.Module):
                         "up": _linear(modules[f"{index}.{proj}_lora.up.weight"])})
                     for proj in LORA_PROJECTIONS})
         self.requires_grad_(False)
-        trained = {"proj_plus": self.encoder, "decoder": self.encoder, "id_kv": self.kv, "lora": self.lora}
         for part in self.train_parts:
-            trained[part].requires_grad_(True)
+            self.part(part).requires_grad_(True)
+
+    def part(self, name: str) -> nn.Module:
+        return {"proj_plus": self.encoder, "decoder": self.encoder, "id_kv": self.kv, "lora": self.lora,
+                "facial_encoder": self.facial}[name]
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -102,7 +110,8 @@ class AdapterTrainables(nn.Module):
 
     def trained_state(self) -> dict[str, torch.Tensor]:
         """Flat state of what is trained (what a resume restores): `encoder.*`, `kv.*`, `lora.*`."""
-        names = {"proj_plus": "encoder.", "decoder": "encoder.", "id_kv": "kv.", "lora": "lora."}
+        names = {"proj_plus": "encoder.", "decoder": "encoder.", "id_kv": "kv.", "lora": "lora.",
+                 "facial_encoder": "facial."}
         prefixes = tuple(names[p] for p in self.train_parts)
         return {k: v.detach() for k, v in self.state_dict().items() if k.startswith(prefixes)}
 
@@ -124,6 +133,9 @@ class AdapterTrainables(nn.Module):
         for k, v in self.encoder.state_dict().items():
             if k in enc:
                 enc[k] = v.detach().to("cpu", dtype).contiguous()
+        if self.facial is not None:
+            out["FacialEncoder"] = {k: v.detach().to("cpu", dtype).contiguous()
+                                    for k, v in self.facial.state_dict().items()}
         mods = out[self.kv_group]
         for i, m in self.kv.items():
             for name in ("to_k_ip", "to_v_ip"):

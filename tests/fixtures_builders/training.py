@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from partid.models.layouts.consistentid import adapter_modules_layout, image_proj_layout
+from partid.models.layouts.consistentid import adapter_modules_layout, facial_encoder_layout, image_proj_layout
 from partid.models.layouts.unet_attention import UNetAttentionConfig
 
 from .random_weights import random_state
@@ -18,12 +18,15 @@ TINY_SD15_LAYOUT = UNetAttentionConfig(
     up=(("up_blocks.0", 64, 2, 1), ("up_blocks.1", 32, 2, 1)), mid=("mid_block", 64, 1, 1))
 
 
-def tiny_consistentid_groups(seed: int = 0, lora_up_zero: bool = True) -> dict:
-    """image_proj (real SD1.5 width, 768), empty FacialEncoder, adapter_modules for the tiny UNet (fp32)."""
+def tiny_consistentid_groups(seed: int = 0, lora_up_zero: bool = True, facial: bool = False) -> dict:
+    """image_proj (real SD1.5 width, 768), adapter_modules for the tiny UNet (fp32); the FacialEncoder group
+    empty, or with `facial` a one-layer, 64-wide FacialEncoder in the official key layout (D = 768)."""
     modules = random_state(adapter_modules_layout(TINY_SD15_LAYOUT), seed + 1, dtype=torch.float32)
     if lora_up_zero:   # the official training init: the LoRA starts as the identity
         modules = {k: (torch.zeros_like(v) if k.endswith("_lora.up.weight") else v) for k, v in modules.items()}
-    return {"image_proj": random_state(image_proj_layout(768), seed, dtype=torch.float32), "FacialEncoder": {},
+    encoder = random_state(facial_encoder_layout(768, width=64, depth=1), seed + 2, dtype=torch.float32) \
+        if facial else {}
+    return {"image_proj": random_state(image_proj_layout(768), seed, dtype=torch.float32), "FacialEncoder": encoder,
             "adapter_modules": modules}
 
 

@@ -195,3 +195,22 @@ def test_unused_region_slots_do_not_matter(reference):
 def test_bad_positions_are_refused(positions, message):
     with pytest.raises(ValueError, match=message):
         pair_indices(positions, batch=2, seq_len=77, num_regions=3)
+
+
+def test_slot_fusion_for_training_equals_the_inference_fusion(reference):
+    """fuse_slots (per-sample pairing, what the trainer uses) == forward with position lists, on the official
+    random weights; a FacialEncoder rebuilt from its group alone (from_state_dict) is the same module."""
+    weights = adapter("sd15")
+    facial = FacialEncoder.from_adapter(weights)
+    rebuilt = FacialEncoder.from_state_dict(weights.groups["FacialEncoder"])
+    assert len(rebuilt.visual_projection.layers) == 8 and rebuilt.visual_projection.layers[0][0].heads == 16
+    gen = torch.Generator().manual_seed(3)
+    prompt, states = torch.randn(2, 77, 768, generator=gen), torch.randn(2, 5, 9, 1280, generator=gen) * 0.1
+    slots = torch.tensor([[12, 20, 30, -1, -1], [5, -1, -1, -1, -1]])
+    with torch.no_grad():
+        expected = facial(prompt, states, [[12, 20, 30], [5]])
+        ours = rebuilt.fuse_slots(prompt, states, slots)
+        assert torch.equal(rebuilt.fuse_slots(prompt, states, torch.full((2, 5), -1)), prompt)
+    diff = float((ours - expected).abs().max())
+    assert diff < 1e-5 and torch.equal(ours[0, :12], prompt[0, :12])
+    REPORT.append(f"FacialEncoder slot fusion (training) vs position-list fusion (inference): max diff {diff:.1e}")

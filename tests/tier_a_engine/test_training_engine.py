@@ -246,3 +246,33 @@ def test_export_keeps_every_key_and_writes_trained_values():
 def test_loss_curve_image():
     img = loss_curve_image([{"step": i, "loss": 1.0 / i, "noise": 0.5, "loc": -0.1 * i} for i in range(1, 20)])
     assert img.shape == (1, 320, 640, 3) and img.min() < 0.5 and img.max() == 1.0
+
+
+def test_keys_max_maps_give_the_released_codes_per_head_balanced_l1():
+    """Self-attention mode as the released ConsistentID training computed it: attention probabilities of attn1
+    gathered at the fused tokens' (text) positions, each head's map divided by its max over pixels, balanced L1
+    per head and token, averaged. Written out here head by head; ours averages heads first (the loss is linear)."""
+    heads, b, side, d = 2, 2, 4, 8
+    tq = side * side
+    q, k = rand(b, tq, heads * d, seed=1), rand(b, tq, heads * d, seed=2)
+    positions = torch.tensor([[3, 9], [5, 14]])                                     # two tokens, one per region
+    masks = (rand(b, 2, side, side, seed=3) > 0).float()
+    qh, kh = q.view(b, tq, heads, d).transpose(1, 2), k.view(b, tq, heads, d).transpose(1, 2)
+    probs = (qh @ kh.transpose(-1, -2) / math.sqrt(d)).softmax(-1)                  # [B, H, Tq, Tk]
+    expected = torch.zeros(())
+    for i in range(b):
+        for h in range(heads):
+            for t in range(2):
+                a = probs[i, h, :, positions[i, t]]
+                a = a / (a.max() + 1e-5)
+                m = masks[i, t].flatten()
+                expected += (a * (1 - m)).sum() / ((1 - m).sum() + 1e-5) - (a * m).sum() / (m.sum() + 1e-5)
+    expected /= b * heads * 2
+    groups = [TokenGroup(f"r{t}", "self", positions[:, t:t + 1], masks[:, t]) for t in range(2)]
+    rec = AttentionRecorder({"blk"}, "self", "keys_max", groups, enabled=True)
+    rec.record("blk", q, {"self": k}, heads, (side, side))
+    ours = localisation_loss(rec.maps, rec.grids, groups, "consistentid")
+    assert torch.allclose(ours, expected, atol=1e-6), (float(ours), float(expected))
+    # a key position beyond this attention's keys (a text position on a small block) counts as absent
+    out = group_maps(q, k, heads, torch.tensor([[tq + 3], [2]]), "keys_max")
+    assert torch.equal(out[0], torch.zeros(tq)) and float(out[1].max()) > 0
