@@ -336,6 +336,7 @@ def run(config: dict, model=None, clip=None, vae=None, adapter=None, layout=None
                             cache_dir=config.get("cache_dir"),
                             default_caption=config.get("caption", "a photo of a person"))
     dataset.prepare_all(rank, world)
+    getattr(prepare, "release", lambda: None)()     # Visual Persona: DINOv2 is not needed once cached
     if world > 1:
         import torch.distributed as dist
 

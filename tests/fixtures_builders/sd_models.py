@@ -76,9 +76,27 @@ def tiny_sd15_patcher(seed: int = 0):
     return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
 
 
+def import_comfyui() -> None:
+    """The checkpoint builders use ComfyUI's own model classes. In a run of tier C alone nothing has imported
+    ComfyUI in this process yet: import it as the tier-B fixture does (CPU, its `utils` before comfy's)."""
+    import sys
+
+    if "comfy.cli_args" in sys.modules:
+        return
+    from partid_rig import COMFYUI
+
+    if COMFYUI not in sys.path:
+        sys.path.insert(0, COMFYUI)
+    import utils.extra_config  # noqa: F401
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+
+
 def sd15_checkpoint() -> Path:
     """A full-size SD1.5 checkpoint (UNet + CLIP-L + VAE, fp16 safetensors, about 2.1 GB), random weights."""
     def build(path):
+        import_comfyui()
         import comfy.ldm.models.autoencoder
         import comfy.sd1_clip
         from safetensors.torch import save_file
@@ -101,6 +119,7 @@ def sdxl_checkpoint() -> Path:
     `first_stage_model.`), fp16, random weights: about 6.9 GB. Built with ComfyUI's own SDXL classes and its
     saving conversion, so CheckpointLoaderSimple detects it as SDXL."""
     def build(path):
+        import_comfyui()
         import comfy.ldm.models.autoencoder
         import comfy.sdxl_clip
         import comfy.supported_models
