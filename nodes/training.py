@@ -208,12 +208,13 @@ class TrainConsistentID(io.ComfyNode):
         require_choice(NODE, "loc_attention", loc_attention, ATTENTIONS)
         require_choice(NODE, "pairing", pairing, PAIRINGS)
         regions = face_parser is not None and clip_vision is not None
-        for name, needs in (("train", "facial_encoder" in TRAIN_CHOICES[train]), ("loc_attention", loc_attention == "self")):
-            if needs and not regions:
-                raise InputError(NODE, name, f"'{train if name == 'train' else loc_attention}' {NEEDS_REGIONS}, and "
-                                 "face_parser or clip_vision is not connected.",
-                                 "connect a PartID Face Parser Loader to face_parser and Load CLIP Vision "
-                                 "(CLIP-ViT-H/14) to clip_vision.")
+        needing = {"train": train if "facial_encoder" in TRAIN_CHOICES[train] else None,
+                   "loc_attention": loc_attention if loc_attention == "self" else None}
+        for name, value in needing.items():
+            if value is not None and not regions:
+                raise InputError(NODE, name, f"'{value}' {NEEDS_REGIONS}, and face_parser or clip_vision is not "
+                                 "connected.", "connect a PartID Face Parser Loader to face_parser and Load CLIP "
+                                 "Vision (CLIP-ViT-H/14) to clip_vision.")
         if regions and not adapter.groups.get("FacialEncoder"):
             raise InputError(NODE, "adapter", "the adapter has no FacialEncoder weights to fuse region tokens with.",
                              "load an official ConsistentID file, or disconnect face_parser.")

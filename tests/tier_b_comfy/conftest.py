@@ -7,6 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,6 +36,17 @@ def comfy(tmp_path_factory):
     folder_paths.set_temp_directory(str(tmp_path_factory.mktemp("comfy_temp")))
     return SimpleNamespace(nodes=nodes, folder_paths=folder_paths, added=added, package=package,
                            models_root=models_root, run=run_node)
+
+
+@pytest.fixture(scope="module")
+def sd15_clip_vae(comfy, model_dirs):
+    """(CLIP, VAE) of the random SD1.5 checkpoint without its UNet: light enough for no heavy lock."""
+    from comfy import sd as comfy_sd
+
+    path = comfy.folder_paths.get_full_path("checkpoints", "partid_random_sd15.safetensors")
+    with torch.inference_mode():
+        return comfy_sd.load_checkpoint_guess_config(path, output_vae=True, output_clip=True,
+                                                     output_model=False)[1:3]
 
 
 def run_node(node_cls, **inputs):

@@ -218,15 +218,8 @@ def load_file_groups(path):
 # --- the node on the full-size random SD1.5 ------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def clip_vae(comfy, model_dirs):
-    """CLIP and VAE of the random SD1.5 checkpoint, without its UNet (light enough for no heavy lock)."""
-    from comfy import sd as comfy_sd
-
-    path = comfy.folder_paths.get_full_path("checkpoints", "partid_random_sd15.safetensors")
-    with torch.inference_mode():
-        _, clip, vae = comfy_sd.load_checkpoint_guess_config(path, output_vae=True, output_clip=True,
-                                                             output_model=False)[:3]
-    return None, clip, vae
+def clip_vae(sd15_clip_vae):
+    return None, *sd15_clip_vae
 
 
 @pytest.fixture(scope="module")

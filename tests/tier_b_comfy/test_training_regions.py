@@ -148,13 +148,12 @@ def test_self_attention_mode_records_attn1_only_and_trains(comfy, data, tmp_path
 
 # --- the preparation on a real photo, against the inference nodes ------------------------------------------------
 
-def test_prepared_regions_fuse_exactly_as_the_inference_nodes(comfy, model_dirs, tmp_path):
+def test_prepared_regions_fuse_exactly_as_the_inference_nodes(comfy, model_dirs, sd15_clip_vae, tmp_path):
     """What the trainer caches per image (nodes/training_regions.py) against the inference chain on the same
     real photo and random official-layout files: PartID Face Regions -> ConsistentID Encode -> Text Fusion.
     The plain text encoding, the region CLIP states and the fused text must be the ones inference uses."""
     from pathlib import Path
 
-    from comfy import sd as comfy_sd
     from fixtures_builders import adapters
     from fixtures_builders.clip_vision import link_clip_vision
     from fixtures_builders.photos import astronaut
@@ -169,11 +168,10 @@ def test_prepared_regions_fuse_exactly_as_the_inference_nodes(comfy, model_dirs,
     nodes = comfy.nodes.NODE_CLASS_MAPPINGS
     folder = link_clip_vision(Path(model_dirs)).parent
     comfy.folder_paths.add_model_folder_path("clip_vision", str(folder))
-    path = comfy.folder_paths.get_full_path("checkpoints", "partid_random_sd15.safetensors")
+    clip = sd15_clip_vae[0]
     text = "a photo of an astronaut"
     with torch.inference_mode():
         (clip_vision,) = comfy.nodes.CLIPVisionLoader().load_clip("CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors")
-        clip = comfy_sd.load_checkpoint_guess_config(path, output_vae=False, output_clip=True, output_model=False)[1]
         adapter = model_files.load_adapter(str(adapters.consistentid_bin("sd15")), "ConsistentID")
         (parser,) = comfy.run(nodes["PartIDFaceParserLoader"], parser="bisenet_face_parsing")[0]
         Image.fromarray(astronaut()).save(tmp_path / "astronaut.png")

@@ -96,13 +96,8 @@ def tiny_vp(comfy, model_dirs):
 
 
 @pytest.fixture(scope="module")
-def clip_vae(comfy, model_dirs):
-    from comfy import sd as comfy_sd
-
-    path = comfy.folder_paths.get_full_path("checkpoints", "partid_random_sd15.safetensors")
-    with torch.inference_mode():
-        _, clip, vae = comfy_sd.load_checkpoint_guess_config(path, output_vae=True, output_clip=True,
-                                                             output_model=False)[:3]
+def clip_vae(sd15_clip_vae):
+    clip, vae = sd15_clip_vae
     return WideClip(clip), vae
 
 
