@@ -147,7 +147,8 @@ def dinov2_g_random(pack):
 
 
 def visual_persona_preprocess(nodes, pack, photo, adapter, dinov2, device: str, repeats: int) -> tuple:
-    """(identity, {stage: ms per reference}): body parts (SegFormer-B2) + Visual Persona Encode (DINOv2-g + decoder)."""
+    """(identity, {stage: ms per reference}, {what: GPU MiB}): body parts (SegFormer-B2) + Visual Persona Encode
+    (DINOv2-g + decoder); the memory of the encoders kept loaded vs offloaded after encoding (cuda only)."""
     (parser,) = harness.run_node(nodes, "PartIDBodyParserLoader", parser="segformer_b2_clothes")
     masks, bp, _ = harness.timed(device, lambda: harness.run_node(nodes, "PartIDBodyParts", parser=parser, image=photo),
                                  repeats)
@@ -156,12 +157,22 @@ def visual_persona_preprocess(nodes, pack, photo, adapter, dinov2, device: str, 
         if float(masks[part].sum()) == 0:
             masks[part] = masks[part].clone()
             masks[part][..., : photo.shape[1] // 4, :] = 1.0
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        baseline = torch.cuda.memory_allocated()
     (identity,), enc, _ = harness.timed(device, lambda: harness.run_node(
         nodes, "PartIDVisualPersonaEncode", dinov2=dinov2, adapter=adapter, image=photo, **masks), repeats)
     encode_module = pack(".nodes.visual_persona_encode")
-    encode_module.release(dinov2)      # free the GPU copies before sampling: they are not the UNet's cost
-    encode_module.release(adapter)
-    return identity, {"body parts (SegFormer-B2)": bp * 1000, "Visual Persona encode (DINOv2-g + decoder)": enc * 1000}
+    memory = {}
+    if device == "cuda":    # issue 5: GPU memory DINOv2 + decoder keep after encoding, and after offloading them
+        memory["VP encode peak (GPU MiB above what was loaded before)"] = (torch.cuda.max_memory_allocated()
+                                                                          - baseline) / 2 ** 20
+        memory["kept loaded after VP encode (GPU MiB)"] = (torch.cuda.memory_allocated() - baseline) / 2 ** 20
+    encode_module.release(dinov2, adapter)   # the offload_dinov2 option; also: they are not the UNet's cost
+    if device == "cuda":
+        memory["kept after VP encode with offload_dinov2 (GPU MiB)"] = (torch.cuda.memory_allocated()
+                                                                       - baseline) / 2 ** 20
+    return identity, {"body parts (SegFormer-B2)": bp * 1000, "Visual Persona encode (DINOv2-g + decoder)": enc * 1000}, memory
 
 
 # -- configurations ----------------------------------------------------------------------------------

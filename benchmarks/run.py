@@ -197,6 +197,9 @@ def render(result: dict) -> str:
     if result["preprocessing"]:
         lines += ["", "Preprocessing per reference (ms, median): " + "; ".join(
             f"{stage} {ms:.0f}" for stage, ms in result["preprocessing"].items()) + "."]
+    if result.get("preprocessing_memory"):
+        lines += ["", "Preprocessing memory: " + "; ".join(
+            f"{what} {mib:.0f}" for what, mib in result["preprocessing_memory"].items()) + "."]
     if result["scaling"]:
         lines += ["", "Time per step against identity tokens (decoupled attention on every cross-attention, batch 1):", ""]
         lines.append(harness.markdown_table(SCALING_COLUMNS, [
@@ -206,7 +209,7 @@ def render(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def prepare_inputs(base, args, nodes, pack, photo, clip_vision, prep_stages, prep_ms) -> dict:
+def prepare_inputs(base, args, nodes, pack, photo, clip_vision, prep_stages, prep_ms, prep_memory) -> dict:
     inputs = {}
     adapter = bm.consistentid_adapter(base, args.tiny, nodes, pack)
     if clip_vision is not None:
@@ -219,9 +222,10 @@ def prepare_inputs(base, args, nodes, pack, photo, clip_vision, prep_stages, pre
     if base.name == "sdxl":
         vp_adapter = bm.visual_persona_adapter(base, args.tiny, nodes, pack)
         if not args.tiny and not args.no_preprocess and args.device == "cuda":
-            identity, stages = bm.visual_persona_preprocess(nodes, pack, photo, vp_adapter, bm.dinov2_g_random(pack),
-                                                            args.device, args.repeats)
+            identity, stages, memory = bm.visual_persona_preprocess(nodes, pack, photo, vp_adapter,
+                                                                    bm.dinov2_g_random(pack), args.device, args.repeats)
             prep_stages.update(stages)
+            prep_memory.update(memory)
             prep_ms["vp"] = prep_ms["two"] = sum(stages.values())
             prep_ms["both"] = prep_ms["vp"] + prep_ms.get("cid", 0)
         else:
@@ -263,7 +267,7 @@ def _run(args) -> dict:
                            "sizes": args.sizes, "batches": args.batches, "steps": args.steps, "repeats": args.repeats,
                            "bases": bases, "tiny": args.tiny, "scaling_tokens": args.scaling_tokens,
                            "scaling_sizes": args.scaling_sizes},
-              "sampling": [], "preprocessing": {}, "scaling": []}
+              "sampling": [], "preprocessing": {}, "preprocessing_memory": {}, "scaling": []}
     import comfy.model_management as mm
 
     for name in bases:
@@ -277,7 +281,8 @@ def _run(args) -> dict:
             if preprocess:
                 (clip_vision,) = nodes.CLIPVisionLoader().load_clip("CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors")
             prep_ms: dict = {}
-            inputs = prepare_inputs(base, args, nodes, pack, photo, clip_vision, result["preprocessing"], prep_ms)
+            inputs = prepare_inputs(base, args, nodes, pack, photo, clip_vision, result["preprocessing"], prep_ms,
+                                    result["preprocessing_memory"])
             del clip_vision
             gc.collect()
             mm.unload_all_models()            # preprocessing models off the GPU: peak memory is sampling's
@@ -303,6 +308,8 @@ def merge_previous(result: dict, previous: dict) -> dict:
     kept_bases = {r["base"] for r in kept}
     result["sampling"] = kept + [r for r in result["sampling"] if not ("skipped" in r and r["base"] in kept_bases)]
     result["preprocessing"] = {**previous.get("preprocessing", {}), **result["preprocessing"]}
+    result["preprocessing_memory"] = {**previous.get("preprocessing_memory", {}),
+                                      **result.get("preprocessing_memory", {})}
     result["scaling"] = result["scaling"] or previous.get("scaling", [])
     commands = previous.get("settings", {}).get("commands", [previous.get("settings", {}).get("command")])
     result["settings"]["commands"] = [c for c in commands if c] + [result["settings"]["command"]]

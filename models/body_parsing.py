@@ -24,6 +24,7 @@ Nothing here imports ComfyUI.
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -128,12 +129,12 @@ class BodyParser:
         self.backend, self.labels, self.label_set = weights.backend, tuple(weights.labels), weights.label_set
         self.path = str(weights.path)
         self.source = f"{self.backend}:{os.path.basename(self.path.rstrip('/' + os.sep))}"
-        self.device, self.dtype = torch.device(device), dtype
+        self.dtype, self._run_device = dtype, torch.device(device)
         if self.backend == "segformer":
-            self.segformer = Segformer(self.path, self.device, dtype)
+            self.segformer = Segformer(self.path, self._run_device, dtype)
             self.net = self.segformer.net
         elif self.backend == "onnx":
-            self.session = _onnx_session(self.path, self.device)
+            self.session = _onnx_session(self.path, self._run_device)
             inp = self.session.get_inputs()[0]
             self.input_name, shape = inp.name, list(inp.shape)
             declared = shape[2:4] if len(shape) == 4 else []
@@ -143,6 +144,11 @@ class BodyParser:
         else:
             raise ValueError(f"{self.path}: a '{self.backend}' body parser is not supported; use a SegFormer folder "
                              "(mattmdjaga/segformer_b2_clothes) or an SCHP export (parsing_atr.onnx / parsing_lip.onnx).")
+
+    @property
+    def device(self) -> torch.device:
+        """Where the network runs now (a SegFormer may have been moved since it was built)."""
+        return self.segformer.device if self.backend == "segformer" else self._run_device
 
     @property
     def providers(self) -> list[str]:
@@ -211,8 +217,12 @@ def check_body_parser(parser, node: str = NODE, input_name: str = "parser"):
     return parser
 
 
-def parse_body(parser, image, device: torch.device | str = "cpu", node: str = NODE):
-    """What the node runs: check the inputs, parse. -> (LabelMap, rgb [B,H,W,3] float)."""
+def parse_body(parser, image, device: torch.device | str | None = "cpu", node: str = NODE,
+               engine_for: Callable = body_parser_from):
+    """What the node runs: check the inputs, parse. -> (LabelMap, rgb [B,H,W,3] float).
+
+    `engine_for(weights, device)` gives the BodyParser (the node passes one under ComfyUI's model management).
+    """
     weights = check_body_parser(parser, node)
     rgb, _ = to_rgb_batch(image, node, "image")
-    return body_parser_from(weights, device).parse(rgb), rgb
+    return engine_for(weights, device).parse(rgb), rgb

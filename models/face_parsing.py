@@ -34,18 +34,23 @@ class FaceParser:
         self.backend = weights.backend
         self.labels = tuple(weights.labels)
         self.source = os.path.basename(str(weights.path).rstrip("/\\"))
-        self.device, self.dtype = torch.device(device), dtype
+        self.dtype = dtype
         self.segformer = None
         if self.backend == "bisenet":
             net = BiSeNet(len(self.labels))
             net.load_state_dict(weights.state_dict, strict=True)
-            self.net = net.eval().requires_grad_(False).to(self.device, dtype)
+            self.net = net.eval().requires_grad_(False).to(torch.device(device), dtype)
         elif self.backend == "segformer":
-            self.segformer = Segformer(weights.path, self.device, dtype)
+            self.segformer = Segformer(weights.path, torch.device(device), dtype)
             self.net = self.segformer.net
         else:
             raise ValueError(f"{weights.path}: a '{self.backend}' face parser is not supported; use a BiSeNet .pth "
                              "(face_parsing.pth / 79999_iter.pth) or a SegFormer folder (jonathandinu/face-parsing).")
+
+    @property
+    def device(self) -> torch.device:
+        """Where the network is now (ComfyUI's model management may have moved it since it was built)."""
+        return next(self.net.parameters()).device
 
     # -- network ---------------------------------------------------------------------------------
     def network_input(self, pixels: torch.Tensor, resolution: int) -> torch.Tensor:

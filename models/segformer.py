@@ -102,7 +102,12 @@ class Segformer:
         net = SegformerForSemanticSegmentation.from_pretrained(folder, local_files_only=True)
         self.net = net.eval().requires_grad_(False).to(device, dtype)
         self.preprocess = SegformerPreprocess.from_folder(folder)
-        self.device, self.dtype = device, dtype
+        self.dtype = dtype
+
+    @property
+    def device(self) -> torch.device:
+        """Where the network is now (it may have been moved since it was built)."""
+        return next(self.net.parameters()).device
 
     def logits(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 [B,3,H,W] -> raw logits [B,C,h/4,w/4] of the processor size, float32."""

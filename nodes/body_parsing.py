@@ -6,7 +6,7 @@ from comfy_api.latest import io
 from ..models import body_parts as parts
 from ..models.body_parsing import parse_body
 from ..models.label_select import SELECTABLE, select_labels, sets_with
-from . import canvas_ui, types
+from . import canvas_ui, managed, types
 
 BODY_NODE = "PartID Body Parts"
 SELECT_NODE = "PartID Select Labels"
@@ -39,9 +39,7 @@ class BodyParts(io.ComfyNode):
 
     @classmethod
     def execute(cls, parser, image):
-        import comfy.model_management
-
-        label_map, rgb = parse_body(parser, image, comfy.model_management.get_torch_device(), BODY_NODE)
+        label_map, rgb = parse_body(parser, image, None, BODY_NODE, engine_for=managed.body_parser)
         found = parts.body_parts(label_map)
         preview = parts.preview(label_map, rgb)
         # The preview and its legend also go to the canvas (web/partid.js), as core PreviewImage does.

@@ -24,23 +24,19 @@ from ..models.consistentid import ProjPlus
 from ..models.consistentid import identity as cid_identity
 from ..models.errors import InputError, ModelFileError
 from ..models.layouts.unet_attention import UNETS, UNetAttentionConfig
-from . import canvas_ui, types
+from . import canvas_ui, managed, types
 from .attention_patch import (IdentityGroup, IdentitySource, add_adapter_lora, install_identity_group,
                               ip_weights_by_block, sigma_window)
 from .validate import require_choice
 
 NODE = "PartID ConsistentID Apply"
-_CACHE_ATTR = "_partid_proj_plus"     # (device, dtype, ProjPlus) kept on the adapter object
+_CACHE_ATTR = "_partid_proj_plus"     # managed.Managed (ProjPlus) kept on the adapter object
 
 
 def proj_plus_for(adapter, device: torch.device, dtype: torch.dtype) -> ProjPlus:
-    """The adapter's ProjPlus on device/dtype, built once per adapter object (rebuilt on a change)."""
-    cached = getattr(adapter, _CACHE_ATTR, None)
-    if cached is None or cached[0] != str(device) or cached[1] != dtype:
-        proj = ProjPlus.from_adapter(adapter, dtype=dtype, device=device)
-        setattr(adapter, _CACHE_ATTR, (str(device), dtype, proj))
-        return proj
-    return cached[2]
+    """The adapter's ProjPlus loaded on device/dtype: built once per adapter object, under model management."""
+    return managed.managed(adapter, _CACHE_ATTR, lambda at: ProjPlus.from_adapter(adapter, dtype=dtype, device=at),
+                           dtype, load_device=device)
 
 
 def check_inputs(model, adapter, embeddings, image_states) -> UNetAttentionConfig:

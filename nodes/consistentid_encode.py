@@ -22,7 +22,7 @@ from ..models.consistentid import region_images as ri
 from ..models.consistentid.regions import CLIP_H_WIDTH, REGION_ORDER, RegionStates
 from ..models.errors import InputError
 from ..models.images import to_rgb_batch
-from . import canvas_ui, types
+from . import canvas_ui, managed, types
 from .validate import require_choice
 
 NODE = "PartID ConsistentID Encode"
@@ -61,17 +61,10 @@ def zero_states(clip_vision) -> torch.Tensor:
 
 
 def offload_clip_vision(clip_vision) -> None:
-    """Unload the CLIP vision model from its device now (a no-op on the CPU)."""
-    import comfy.model_management as mm
-
+    """Unload the CLIP vision model from its device now (the offload option)."""
     patcher = getattr(clip_vision, "patcher", None)
-    if patcher is None or patcher.load_device == patcher.offload_device:
-        return
-    for i in range(len(mm.current_loaded_models) - 1, -1, -1):
-        loaded = mm.current_loaded_models[i]
-        if loaded.model is patcher and loaded.model_unload():
-            mm.current_loaded_models.pop(i)
-    mm.soft_empty_cache()
+    if patcher is not None:
+        managed.unload(patcher)
 
 
 def encode_states(clip_vision, images_u8: torch.Tensor, preprocess: str) -> torch.Tensor:

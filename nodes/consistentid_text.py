@@ -28,21 +28,18 @@ from ..models.consistentid import FacialEncoder
 from ..models.consistentid import prompt as cid_prompt
 from ..models.consistentid.regions import REGION_ORDER
 from ..models.errors import InputError
-from . import types
+from . import managed, types
 from .validate import require_choice
 
 NODE = "PartID ConsistentID Text Fusion"
-_CACHE_ATTR = "_partid_facial_encoder"        # (device, dtype, FacialEncoder) kept on the adapter object
+_CACHE_ATTR = "_partid_facial_encoder"        # managed.Managed (FacialEncoder) kept on the adapter object
 
 
 def facial_encoder_for(adapter, device: torch.device, dtype: torch.dtype) -> FacialEncoder:
-    """The adapter's FacialEncoder on device/dtype, built once per adapter object (rebuilt on a change)."""
-    cached = getattr(adapter, _CACHE_ATTR, None)
-    if cached is None or cached[0] != str(device) or cached[1] != dtype:
-        encoder = FacialEncoder.from_adapter(adapter, dtype=dtype, device=device).eval()
-        setattr(adapter, _CACHE_ATTR, (str(device), dtype, encoder))
-        return encoder
-    return cached[2]
+    """The adapter's FacialEncoder loaded on device/dtype: built once per adapter object, under model management."""
+    return managed.managed(adapter, _CACHE_ATTR,
+                           lambda at: FacialEncoder.from_adapter(adapter, dtype=dtype, device=at).eval(),
+                           dtype, load_device=device)
 
 
 def compute_device_dtype(clip) -> tuple[torch.device, torch.dtype]:

@@ -15,7 +15,7 @@ from ..models.errors import InputError, ModelFileError
 from ..models.evaluation import metrics, report, run
 from ..models.evaluation.setup import choose_face_pack
 from ..models.images import to_rgb_batch, to_uint8_hwc
-from . import types
+from . import managed, types
 from .loaders import _as_input_error, _download_input
 from .model_choice import choices, resolve
 
@@ -102,8 +102,7 @@ class EvaluatePair(io.ComfyNode):
                 body_parser=None, det_thresh=0.5, conditioned_with="buffalo_l"):
         import comfy.utils
 
-        from ..models.body_parsing import body_parser_from, check_body_parser
-        from ..models.face_parsing import face_parser_from
+        from ..models.body_parsing import check_body_parser
 
         if not isinstance(eval_models, metrics.EvaluationModels) and not hasattr(eval_models, "models_used"):
             raise InputError(NODE, "eval_models", f"expected evaluation models, got {type(eval_models).__name__}.",
@@ -120,8 +119,8 @@ class EvaluatePair(io.ComfyNode):
         device = _device()
         models = metrics.EvaluationModels(
             clip=eval_models.clip, dino=eval_models.dino, face=analyzer, det_thresh=det_thresh,
-            face_parser=face_parser_from(face_parser, device) if face_parser is not None else None,
-            body_parser=body_parser_from(check_body_parser(body_parser, NODE, "body_parser"), device)
+            face_parser=managed.face_parser(face_parser, device) if face_parser is not None else None,
+            body_parser=managed.body_parser(check_body_parser(body_parser, NODE, "body_parser"), device)
             if body_parser is not None else None)
         if analyzer is not None and conditioned_with != "unknown":
             _, note = choose_face_pack([analyzer.name], analyzer.name, conditioned_with)

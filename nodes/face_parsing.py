@@ -7,11 +7,11 @@ from comfy_api.latest import io
 
 from ..models import face_regions as regions
 from ..models.errors import InputError
-from ..models.face_parsing import BISENET_RESOLUTIONS, face_parser_from
+from ..models.face_parsing import BISENET_RESOLUTIONS
 from ..models.images import to_rgb_batch
 from ..models.labels import BODY_LABEL_SETS, FACE_LABEL_SETS
 from ..models.model_files import ParserWeights
-from . import canvas_ui, types
+from . import canvas_ui, managed, types
 from .validate import require_choice
 
 NODE = "PartID Face Regions"
@@ -62,15 +62,13 @@ class FaceRegions(io.ComfyNode):
 
     @classmethod
     def execute(cls, parser, image, mode="ConsistentID", resolution=512):
-        import comfy.model_management
-
         weights = _check_parser(parser)
         require_choice(NODE, "mode", mode, regions.MODES)
         if isinstance(resolution, str) and resolution.strip().isdigit():
             resolution = int(resolution)
         require_choice(NODE, "resolution", resolution, BISENET_RESOLUTIONS)
         rgb, _ = to_rgb_batch(image, NODE, "image")
-        engine = face_parser_from(weights, comfy.model_management.get_torch_device())
+        engine = managed.face_parser(weights)
         label_map = engine.parse(rgb, resolution=resolution)
         found = regions.face_regions(label_map, mode)
         for i, chosen in enumerate(found.chosen):

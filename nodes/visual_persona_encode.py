@@ -25,12 +25,13 @@ from ..models.errors import InputError
 from ..models.identity_tokens import IdentityTokens
 from ..models.images import to_rgb_batch
 from ..models.visual_persona import PART_NAMES, PartDecoder, part_images, part_tokens, unconditional_tokens
-from . import canvas_ui, types
+from . import canvas_ui, managed, types
 
 NODE = "PartID Visual Persona Encode"
 SOURCE = "visual_persona"
 DEFAULT_ON = {"full_body": False, "face": True, "upper": True, "lower": True, "shoes": True}  # released scripts
-_NET_ATTR = "_partid_vp_network"          # (device, dtype, module) kept on the weights object
+_DINOV2_ATTR = "_partid_dinov2"            # managed.Managed kept on the DINOv2 weights object
+_DECODER_ATTR = "_partid_vp_decoder"       # managed.Managed kept on the adapter
 _UNCOND_ATTR = "_partid_vp_uncond"        # {(dinov2 id, parts, device, dtype): (weakref, tokens)} on the adapter
 
 
@@ -42,24 +43,20 @@ def compute_device_dtype() -> tuple[torch.device, torch.dtype]:
     return device, (torch.float16 if device.type == "cuda" else torch.float32)
 
 
-def network(weights, build, device: torch.device, dtype: torch.dtype):
-    """The module built from `weights` on device/dtype, built once and kept on the weights object."""
-    cached = getattr(weights, _NET_ATTR, None)
-    if cached is None or cached[0] != str(device) or cached[1] != dtype:
-        module = build(weights, dtype=dtype, device=device)
-        setattr(weights, _NET_ATTR, (str(device), dtype, module))
-        return module
-    return cached[2]
+def networks(dinov2_weights, adapter, dtype: torch.dtype) -> tuple[DINOv2, PartDecoder]:
+    """DINOv2 and the decoder on the run device, built once per weights object, under model management."""
+    encoder = managed.held(dinov2_weights, _DINOV2_ATTR,
+                           lambda device: DINOv2.from_weights(dinov2_weights, dtype=dtype, device=device), dtype)
+    decoder = managed.held(adapter, _DECODER_ATTR,
+                           lambda device: PartDecoder.from_adapter(adapter, dtype=dtype, device=device), dtype)
+    managed.load(encoder, decoder)
+    return encoder.engine, decoder.engine
 
 
-def release(weights) -> None:
-    """Drop the device copy kept on `weights` (the CPU state dict stays)."""
-    import comfy.model_management as mm
-
-    cached = getattr(weights, _NET_ATTR, None)
-    if cached is not None and not cached[0].startswith("cpu"):
-        delattr(weights, _NET_ATTR)
-        mm.soft_empty_cache()
+def release(dinov2_weights, adapter) -> None:
+    """Take DINOv2 and the decoder off the GPU now (the offload option; the CPU copies stay)."""
+    managed.offload(dinov2_weights, _DINOV2_ATTR)
+    managed.offload(adapter, _DECODER_ATTR)
 
 
 def check_inputs(dinov2, adapter, node: str = NODE) -> None:
@@ -123,8 +120,7 @@ def encode(dinov2_weights, adapter, image: torch.Tensor, masks: dict, parts: lis
                             NODE, r, ", ".join(lacking))
     device, dtype = compute_device_dtype()
     bar = comfy.utils.ProgressBar(3)
-    encoder = network(dinov2_weights, DINOv2.from_weights, device, dtype)
-    decoder = network(adapter, PartDecoder.from_adapter, device, dtype)
+    encoder, decoder = networks(dinov2_weights, adapter, dtype)
     bar.update_absolute(1)
     cond = part_tokens(encoder, decoder, images, used)                       # [R, P, 256, W]
     bar.update_absolute(2)
@@ -140,8 +136,7 @@ def encode(dinov2_weights, adapter, image: torch.Tensor, masks: dict, parts: lis
     uncond = hit[1]
     bar.update_absolute(3)
     if offload:
-        release(dinov2_weights)
-        release(adapter)
+        release(dinov2_weights, adapter)
     r, p, t, w = cond.shape
     cond = cond.float().cpu().reshape(r, p * t, w)
     crops = [(i, q) for i in range(r) for q in used if bool(images.present[i, q])]   # what DINOv2 saw

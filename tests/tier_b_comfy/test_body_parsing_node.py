@@ -104,3 +104,22 @@ def test_body_parts_refuses_a_face_parser(comfy, model_dirs, astronaut):
     (face,), _ = comfy.run(node(comfy, "PartIDFaceParserLoader"), parser="bisenet_face_parsing")
     with pytest.raises(ValueError, match="PartID Body Parts, input 'parser': expected a body parser, got a face"):
         comfy.run(node(comfy, "PartIDBodyParts"), parser=face, image=astronaut)
+
+
+def test_segformer_is_managed_by_comfyui_and_onnx_is_not(comfy, load, astronaut):
+    """SegFormer goes into ComfyUI's loaded-model list; an SCHP export runs in onnxruntime, outside it."""
+    import comfy.model_management as mm
+
+    from partid.nodes import managed
+
+    small = astronaut[:, ::4, ::4]
+    segformer, schp = load("segformer_b2_clothes"), load("schp_atr_onnx")
+    first, _ = comfy.run(node(comfy, "PartIDBodyParts"), parser=segformer, image=small)
+    assert managed.is_loaded(segformer, "_partid_body_parser")
+    assert segformer._partid_body_parser.patcher.model.net is segformer._partid_body_parser.engine.net
+    mm.unload_all_models()
+    assert not managed.is_loaded(segformer, "_partid_body_parser")
+    again, _ = comfy.run(node(comfy, "PartIDBodyParts"), parser=segformer, image=small)
+    assert torch.equal(again[5].maps, first[5].maps) and managed.is_loaded(segformer, "_partid_body_parser")
+    comfy.run(node(comfy, "PartIDBodyParts"), parser=schp, image=small)
+    assert schp._partid_body_parser.patcher is None and schp._partid_body_parser.engine.session is not None

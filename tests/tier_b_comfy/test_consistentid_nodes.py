@@ -317,7 +317,7 @@ def test_sdxl_small_channels_samples_with_all_70_blocks(comfy):
     patched = apply_consistentid(model, adapter, embeds, states, layout=layout)
     neutral = apply_consistentid(model, adapter, embeds, states, weight=0.0, lora=False, layout=layout)
     assert len(attn2(patched)) == 70 and len(patched.patches) == 70 * 2 * 4
-    proj = adapter._partid_proj_plus[2]
+    proj = adapter._partid_proj_plus.engine
     assert proj.shortcut is True   # the official SDXL call
 
     def sample(m):

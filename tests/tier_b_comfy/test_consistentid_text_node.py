@@ -171,9 +171,23 @@ def test_markers_inside_weight_brackets(comfy, node, clip, adapter):
 
 def test_facial_encoder_built_once_per_adapter(comfy, node, clip, adapter):
     run(comfy, node, clip, adapter, make_regions(), "a man")
-    first = adapter._partid_facial_encoder[2]
+    first = adapter._partid_facial_encoder.engine
     run(comfy, node, clip, adapter, make_regions(seed=1), "a woman")
-    assert adapter._partid_facial_encoder[2] is first
+    assert adapter._partid_facial_encoder.engine is first
+
+
+def test_facial_encoder_is_a_model_comfyui_manages(comfy, node, clip, adapter):
+    import comfy.model_management as mm
+
+    from partid.nodes import managed
+
+    first = run(comfy, node, clip, adapter, make_regions(), "a man")
+    assert managed.is_loaded(adapter, "_partid_facial_encoder")
+    mm.unload_all_models()
+    assert not managed.is_loaded(adapter, "_partid_facial_encoder")
+    again = run(comfy, node, clip, adapter, make_regions(), "a man")
+    assert managed.is_loaded(adapter, "_partid_facial_encoder")
+    assert torch.equal(again[0][1][0], first[0][1][0])       # the fused text, before and after the unload
 
 
 def test_inputs_are_checked(comfy, node, clip, adapter):

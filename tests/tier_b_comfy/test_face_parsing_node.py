@@ -138,3 +138,23 @@ def test_errors_name_node_input_and_batch_index(comfy, node, bisenet, model_dirs
     with pytest.raises(Exception) as err:
         run(comfy, node, bisenet, torch.rand(1, 32, 32, 5))
     assert "input 'image'" in str(err.value) and "5 channels" in str(err.value)
+
+
+def test_face_parser_is_a_model_comfyui_manages(comfy, node, bisenet):
+    """The built BiSeNet is in ComfyUI's loaded-model list (so VRAM pressure and "Unload models" reach it),
+    is built once, and after ComfyUI unloads it the next run loads it again with the same result."""
+    import comfy.model_management as mm
+
+    from partid.nodes import managed
+
+    image = as_image(astronaut()[:200, 100:300])
+    first = run(comfy, node, bisenet, image)
+    kept = bisenet._partid_face_parser
+    assert managed.is_loaded(bisenet, "_partid_face_parser")
+    assert kept.patcher.model.net is kept.engine.net and kept.patcher.load_device == mm.get_torch_device()
+    mm.unload_all_models()                              # what "Unload models" / POST /free runs
+    assert not managed.is_loaded(bisenet, "_partid_face_parser")
+    again = run(comfy, node, bisenet, image)
+    assert bisenet._partid_face_parser is kept and managed.is_loaded(bisenet, "_partid_face_parser")
+    assert torch.equal(again["label_map"].maps, first["label_map"].maps)
+    assert managed.offload(bisenet, "_partid_face_parser") and not managed.is_loaded(bisenet, "_partid_face_parser")

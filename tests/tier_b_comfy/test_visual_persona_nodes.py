@@ -134,6 +134,30 @@ def test_encode_gives_the_engine_tokens_of_present_parts(comfy, small, identity)
     assert not torch.allclose(identity.cond, identity.uncond, atol=1e-3)
 
 
+def test_encode_networks_are_models_comfyui_manages(comfy, small, identity):
+    """DINOv2 and the decoder are in ComfyUI's loaded-model list after encoding (VRAM pressure and "Unload
+    models" reach them), built once; offload_dinov2 takes both out; a re-encode after ComfyUI unloaded
+    them loads them again and gives the same tokens."""
+    import comfy.model_management as mm
+
+    from partid.nodes import managed
+
+    dino, adapter = small
+    img, masks = person()
+    encode = comfy.nodes.NODE_CLASS_MAPPINGS[ENCODE]
+    with torch.inference_mode():
+        (first,), _ = comfy.run(encode, dinov2=dino, adapter=adapter, image=img, **masks)
+    kept = dino._partid_dinov2, adapter._partid_vp_decoder
+    assert managed.is_loaded(dino, "_partid_dinov2") and managed.is_loaded(adapter, "_partid_vp_decoder")
+    mm.unload_all_models()
+    assert not managed.is_loaded(dino, "_partid_dinov2") and not managed.is_loaded(adapter, "_partid_vp_decoder")
+    with torch.inference_mode():
+        (again,), _ = comfy.run(encode, dinov2=dino, adapter=adapter, image=img, **masks, offload_dinov2=True)
+    assert (dino._partid_dinov2, adapter._partid_vp_decoder) == kept
+    assert not managed.is_loaded(dino, "_partid_dinov2") and not managed.is_loaded(adapter, "_partid_vp_decoder")
+    assert torch.equal(again.cond, first.cond) and torch.equal(again.cond, identity.cond)
+
+
 def test_encode_toggles_two_references_and_errors(comfy, small):
 
     dino, adapter = small
