@@ -173,11 +173,13 @@ def _loaded(key: str, read):
 
 
 def load_face_parser(path: str):
-    """The face parser engine make_prepare runs (read as PartID Face Parser Loader reads it)."""
+    """The face parser engine make_prepare runs (read as PartID Face Parser Loader reads it), on ComfyUI's
+    device under its model management, as the trainer node runs it."""
     from ..models import model_files
-    from ..models.face_parsing import face_parser_from
+    from ..nodes import managed
 
-    return face_parser_from(_loaded("face_parser", lambda: model_files.load_parser(path, "face")), "cpu")
+    weights = _loaded("face_parser", lambda: model_files.load_parser(path, "face"))
+    return managed.OnUse(lambda: managed.face_parser(weights))
 
 
 def load_analyzer(name_or_folder: str, provider: str = "auto"):

@@ -122,6 +122,24 @@ def offload(owner, attr: str) -> bool:
     return patcher is not None and unload(patcher)
 
 
+def forget(owner, attr: str) -> None:
+    """Unload the network kept on `owner` and drop it (its memory goes once nothing else holds it)."""
+    offload(owner, attr)
+    if hasattr(owner, attr):
+        delattr(owner, attr)
+
+
+class OnUse:
+    """An engine that is loaded again before each use: for loops in which other models (VAE, CLIP) load in
+    between and may have taken it off the GPU. `OnUse(get).parse(x)` is `get().parse(x)`."""
+
+    def __init__(self, get: Callable[[], Any]):
+        self._get = get
+
+    def __getattr__(self, name: str):
+        return getattr(self._get(), name)
+
+
 def is_loaded(owner, attr: str) -> bool:
     """Whether ComfyUI currently lists the network kept on `owner` as loaded."""
     import comfy.model_management as mm

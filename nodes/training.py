@@ -25,7 +25,7 @@ from ..models.training.dataset import CachedDataset
 from ..models.training.losses import LOSSES
 from ..models.training.objective import loss_curve_image
 from ..models.training.trainer import PRECISIONS, TrainConfig, TrainingCancelled
-from . import types
+from . import managed, types
 from .training_regions import FacialText
 from .training_run import (ATTENTIONS, BLOCK_CHOICES, ConsistentIDSession, JobOptions, layout_for, make_prepare,
                            run_consistentid)
@@ -114,11 +114,8 @@ def run_training(model, vae, clip, adapter, folder: str, output_name: str, optio
     out_path, state_path = output_paths(output_name)
     if not resume:
         forget_state(state_path)
-    parser_engine = None
-    if face_parser is not None:
-        from ..models.face_parsing import face_parser_from
-
-        parser_engine = face_parser_from(face_parser, "cpu")
+    # The parser runs on ComfyUI's device, loaded again per image (the VAE and CLIP load in between).
+    parser_engine = managed.OnUse(lambda: managed.face_parser(face_parser)) if face_parser is not None else None
     facial = FacialText(adapter.format.base, options.pairing)
     key = "|".join(str(x) for x in (options.resolution, getattr(face_parser, "path", None),
                                     getattr(analyzer, "name", None) or type(analyzer).__name__,

@@ -16,7 +16,7 @@ import torch
 from comfy_api.latest import io
 
 from ..models import model_files
-from ..models.body_parsing import body_parser_from, check_body_parser
+from ..models.body_parsing import check_body_parser
 from ..models.body_parts import PARTS, body_parts
 from ..models.errors import InputError
 from ..models.training.dataset import CachedDataset, Sample
@@ -24,7 +24,8 @@ from ..models.training.losses import LOSSES, resize_mask
 from ..models.training.objective import loss_curve_image
 from ..models.training.trainer import PRECISIONS, TrainConfig
 from ..models.visual_persona import SELECTED_PARTS, encode_parts, part_images
-from . import types
+from . import managed, types
+from .visual_persona_encode import DINOV2_ATTR, compute_device_dtype
 from .visual_persona_encode import check_inputs as check_encoder_inputs
 from .training import forget_state, output_paths, resolve_folder, run_job
 from .training_run import IdentitySession, JobOptions, latent_and_text, layout_for, load_rgb
@@ -35,11 +36,16 @@ TRAIN_CHOICES = {"decoder + id_kv": ("decoder", "id_kv"), "decoder": ("decoder",
 
 
 def make_vp_prepare(vae, clip, resolution: int, dinov2_weights, body_parser):
-    """prepare(path, sample): latent, text, part_masks [4, h, w] at latent size, part_features [4, 256, D]."""
+    """prepare(path, sample): latent, text, part_masks [4, h, w] at latent size, part_features [4, 256, D].
+
+    The body parser and DINOv2 run on ComfyUI's device under its model management, DINOv2 in the dtype
+    PartID Visual Persona Encode uses there (fp16 on CUDA, fp32 on the CPU), loaded again per image since
+    the VAE and CLIP load in between. A cached dataset never builds DINOv2.
+    """
     from ..models.dinov2 import DINOv2
 
-    parser = body_parser_from(body_parser, "cpu")
-    encoder = []                                   # built on first use: a cached dataset never needs it
+    parser = managed.OnUse(lambda: managed.body_parser(body_parser))
+    _, dtype = compute_device_dtype()
 
     def prepare(path: str, sample: Sample) -> dict:
         image = load_rgb(path, resolution)
@@ -48,10 +54,10 @@ def make_vp_prepare(vae, clip, resolution: int, dinov2_weights, body_parser):
         # frozen parser and DINOv2 there; clone() outside gives ordinary tensors for the training graph.
         with torch.inference_mode():
             masks = body_parts(parser.parse(image)).masks                      # each [1, R, R]
-            if not encoder:
-                encoder.append(DINOv2.from_weights(dinov2_weights, dtype=torch.float32, device=torch.device("cpu")))
+            encoder = managed.managed(dinov2_weights, DINOV2_ATTR, lambda device: DINOv2.from_weights(
+                dinov2_weights, dtype=dtype, device=device), dtype)
             images = part_images(list(image), [[masks[p][0] for p in PARTS]])
-            features = encode_parts(encoder[0], images.pixels, SELECTED_PARTS)[0].float()
+            features = encode_parts(encoder, images.pixels, SELECTED_PARTS)[0].float()
         masks = {k: v.clone() for k, v in masks.items()}
         out["part_features"] = features.clone()
         hw = tuple(out["latent"].shape[-2:])
@@ -63,8 +69,8 @@ def make_vp_prepare(vae, clip, resolution: int, dinov2_weights, body_parser):
         out["part_masks"] = torch.stack(part_masks)
         return out
 
-    # Once every image is cached the run never needs DINOv2 again: its fp32 network (4.5 GB for ViT-g) goes.
-    prepare.release = encoder.clear
+    # Once every image is cached the run never needs DINOv2 again: its network (4.5 GB for ViT-g in fp32) goes.
+    prepare.release = lambda: managed.forget(dinov2_weights, DINOV2_ATTR)
     return prepare
 
 

@@ -30,7 +30,7 @@ from . import canvas_ui, managed, types
 NODE = "PartID Visual Persona Encode"
 SOURCE = "visual_persona"
 DEFAULT_ON = {"full_body": False, "face": True, "upper": True, "lower": True, "shoes": True}  # released scripts
-_DINOV2_ATTR = "_partid_dinov2"            # managed.Managed kept on the DINOv2 weights object
+DINOV2_ATTR = "_partid_dinov2"            # managed.Managed kept on the DINOv2 weights object
 _DECODER_ATTR = "_partid_vp_decoder"       # managed.Managed kept on the adapter
 _UNCOND_ATTR = "_partid_vp_uncond"        # {(dinov2 id, parts, device, dtype): (weakref, tokens)} on the adapter
 
@@ -45,7 +45,7 @@ def compute_device_dtype() -> tuple[torch.device, torch.dtype]:
 
 def networks(dinov2_weights, adapter, dtype: torch.dtype) -> tuple[DINOv2, PartDecoder]:
     """DINOv2 and the decoder on the run device, built once per weights object, under model management."""
-    encoder = managed.held(dinov2_weights, _DINOV2_ATTR,
+    encoder = managed.held(dinov2_weights, DINOV2_ATTR,
                            lambda device: DINOv2.from_weights(dinov2_weights, dtype=dtype, device=device), dtype)
     decoder = managed.held(adapter, _DECODER_ATTR,
                            lambda device: PartDecoder.from_adapter(adapter, dtype=dtype, device=device), dtype)
@@ -55,7 +55,7 @@ def networks(dinov2_weights, adapter, dtype: torch.dtype) -> tuple[DINOv2, PartD
 
 def release(dinov2_weights, adapter) -> None:
     """Take DINOv2 and the decoder off the GPU now (the offload option; the CPU copies stay)."""
-    managed.offload(dinov2_weights, _DINOV2_ATTR)
+    managed.offload(dinov2_weights, DINOV2_ATTR)
     managed.offload(adapter, _DECODER_ATTR)
 
 

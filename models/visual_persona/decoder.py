@@ -23,7 +23,6 @@ the original computes that part.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch

@@ -143,6 +143,8 @@ def test_trains_on_photos_and_the_loader_reads_the_result(comfy, model_dirs, tin
                      f"{changed[train]:.4f}, {other} unchanged")
     cache = list((photos / ".partid_cache").glob("*.safetensors"))
     assert len(cache) == 3                        # part features computed once per image, reused by run 2
+    # The parser and DINOv2 ran under ComfyUI's model management; once the features were cached DINOv2 was dropped.
+    assert parser._partid_body_parser.patcher is not None and not hasattr(dinov2, "_partid_dinov2")
     REPORT.append("Visual Persona trainer node (tiny SDXL, reduced adapter, DINOv2-S + SegFormer random, real "
                   "photos at 128 px, 2 steps x 2): " + "; ".join(lines))
     states = Path(comfy.folder_paths.get_output_directory()) / "partid_training"
