@@ -71,3 +71,32 @@ def test_tiny_cpu_run_writes_markdown_json_and_readme_block(bench_run, tmp_path)
     assert text.startswith("# Title\n\nintro\n\n<!-- benchmark table -->\n") and text.endswith(
         "<!-- /benchmark table -->\n\noutro\n")
     assert "old table" not in text and "| configuration | base |" in text
+
+
+def test_visual_persona_preprocess_stage_runs_on_the_nodes(bench_run, model_dirs):
+    """The VP preprocessing stage (GPU-only in run.py: DINOv2-g on a CPU would not fit beside the UNet) on a
+    tiny DINOv2 and a reduced decoder: it parses, encodes, reports its stages, and releases the encoders."""
+    import harness
+    import torch
+    from fixtures_builders.photos import astronaut
+    from fixtures_builders.random_weights import random_state
+    from fixtures_builders.visual_persona import decoder_state
+
+    from partid.models import formats, model_files
+    from partid.models.layouts.dinov2 import DINOv2Config, dinov2_hub_layout
+    from partid.models.layouts.visual_persona import DecoderConfig
+
+    _, nodes, pack = harness.start_comfy("cpu")
+    bm = sys.modules["bench_models"]
+    dino = model_files.DINOv2Weights("hub", "tiny_dinov2.pth", 64, 2, 14, "mlp",
+                                     state_dict=random_state(dinov2_hub_layout(DINOv2Config(64, 2, 2)), 3))
+    dec = DecoderConfig(layers=1, heads=8, width=2048, encoder_width=64, mlp_ratio=0.25)
+    adapter = model_files.AdapterWeights(formats.VISUAL_PERSONA_SDXL, "tiny_vp.bin",
+                                         {"image_proj": decoder_state(dec, seed=1, dtype=torch.float32)})
+    photo = torch.from_numpy(astronaut()).float()[None] / 255.0
+    identity, stages, memory = bm.visual_persona_preprocess(nodes, pack, photo, adapter, dino, "cpu", 1)
+    assert identity.groups == bm.VP_PARTS and identity.cond.shape == (1, 4 * 256, 2048)
+    assert list(stages) == ["body parts (SegFormer-B2)", "Visual Persona encode (DINOv2-g + decoder)"]
+    assert all(ms > 0 for ms in stages.values()) and memory == {}      # GPU memory figures: cuda only
+    managed = pack(".nodes.managed")
+    assert not managed.is_loaded(dino, "_partid_dinov2") and not managed.is_loaded(adapter, "_partid_vp_decoder")
