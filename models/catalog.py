@@ -27,6 +27,7 @@ FOLDERS = {f.key: f for f in (
     ModelFolder("dinov2", ("dinov2",), (".safetensors", ".pth", ".pt", ".bin", ".json")),
     ModelFolder("clip_vision", ("clip_vision",), (), core=True),
     ModelFolder("evaluation", ("evaluation",), (".safetensors", ".pth", ".json")),
+    ModelFolder("partid_identities", ("partid_identities",), (".safetensors",)),   # PartID Save Identity writes here
 )}
 
 

@@ -58,3 +58,44 @@ def test_concat():
         concat(a, tokens(width=4))
     with pytest.raises(ValueError, match="references"):
         concat(a, tokens(r=3))
+
+
+def test_identity_file_round_trip_and_refusals(tmp_path):
+    """save_identity writes a real .safetensors that load_identity reads back exactly; other files are refused
+    with a message saying what is wrong."""
+    from safetensors.torch import save_file
+
+    from partid.models.errors import ModelFileError
+    from partid.models.identity_file import load_identity, save_identity
+
+    ident = tokens(r=2, groups=("face", "upper", "shoes"), size=4).with_weights({"upper": 2.0, "shoes": 0.0})
+    path = tmp_path / "sub" / "person_00001_.safetensors"
+    save_identity(ident, str(path))
+    back = load_identity(str(path))
+    assert torch.equal(back.cond, ident.cond) and torch.equal(back.uncond, ident.uncond)
+    assert (back.groups, back.sizes, back.weights, back.source) == (ident.groups, ident.sizes, ident.weights,
+                                                                    ident.source)
+    a, b = ident.for_attention(), back.for_attention()
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+    plain = tmp_path / "plain.safetensors"
+    save_file({"cond": torch.zeros(1, 4, 8), "uncond": torch.zeros(1, 4, 8)}, str(plain))
+    with pytest.raises(ModelFileError, match="not a PartID identity file"):
+        load_identity(str(plain))
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({"cond": torch.zeros(1, 4, 8), "uncond": torch.zeros(1, 4, 8)}, str(wrong),
+              metadata={"format": "partid-identity", "version": "1", "source": "x", "groups": '["a"]',
+                        "sizes": "[3]", "weights": "[1.0]"})
+    with pytest.raises(ModelFileError, match="does not describe its tokens.*add up"):
+        load_identity(str(wrong))
+    newer = tmp_path / "newer.safetensors"
+    save_file({"cond": torch.zeros(1, 4, 8), "uncond": torch.zeros(1, 4, 8)}, str(newer),
+              metadata={"format": "partid-identity", "version": "2"})
+    with pytest.raises(ModelFileError, match="version '2'"):
+        load_identity(str(newer))
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x00" * 16)
+    with pytest.raises(ModelFileError, match="not a readable .safetensors"):
+        load_identity(str(broken))
+    with pytest.raises(ModelFileError, match=r"\.safetensors written by PartID Save Identity"):
+        load_identity(str(tmp_path / "person.pt"))

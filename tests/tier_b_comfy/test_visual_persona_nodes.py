@@ -16,6 +16,7 @@ import torch
 
 ENCODE, WEIGHTS, CONCAT, APPLY = ("PartIDVisualPersonaEncode", "PartIDIdentityWeights", "PartIDConcatIdentity",
                                   "PartIDVisualPersonaApply")
+SAVE, LOAD = "PartIDSaveIdentity", "PartIDLoadIdentity"
 CH = 32  # tiny SDXL base channels: blocks are 64 and 128 wide
 
 
@@ -262,6 +263,42 @@ def test_apply_changes_output_and_weight_zero_is_plain(comfy, sdxl, small, ident
     assert torch.equal(g.scale_vector(), torch.tensor([0.5] * 256 + [1.0] * 256))
     (none,) = run(comfy, WEIGHTS, identity=identity, face=0.0, upper=0.0, lower=0.0)
     assert torch.equal(sample(apply(sdxl, adapter, none)), plain)
+
+
+def test_saved_identity_loads_back_and_generates_the_same(comfy, sdxl, small, identity, tmp_path, monkeypatch):
+    """Save Identity writes a real .safetensors into the partid_identities folder; Load Identity lists and reads
+    it; the loaded tokens (weights included) patch the model to the very same output as the encoded ones."""
+    from safetensors.torch import save_file
+
+    assert {SAVE, LOAD} <= comfy.added
+    monkeypatch.setitem(comfy.folder_paths.folder_names_and_paths, "partid_identities",
+                        ([str(tmp_path)], {".safetensors"}))
+    _, adapter = small
+    (weighted,) = run(comfy, WEIGHTS, identity=identity, face=0.5, lower=0.0)
+    (first,) = run(comfy, SAVE, identity=weighted, filename_prefix="astronaut/outfit")
+    (second,) = run(comfy, SAVE, identity=identity, filename_prefix="astronaut/outfit")
+    assert Path(first) == tmp_path / "astronaut" / "outfit_00001_.safetensors"
+    assert Path(second) == tmp_path / "astronaut" / "outfit_00002_.safetensors"
+    listed = comfy.folder_paths.get_filename_list("partid_identities")
+    assert {"astronaut/outfit_00001_.safetensors", "astronaut/outfit_00002_.safetensors"} <= set(listed)
+    schema = comfy.nodes.NODE_CLASS_MAPPINGS[LOAD].GET_SCHEMA()
+    assert "astronaut/outfit_00001_.safetensors" in schema.inputs[0].options
+    (loaded,) = run(comfy, LOAD, identity_file="astronaut/outfit_00001_.safetensors")
+    assert torch.equal(loaded.cond, weighted.cond) and torch.equal(loaded.uncond, weighted.uncond)
+    assert (loaded.groups, loaded.sizes, loaded.weights, loaded.source) == (
+        weighted.groups, weighted.sizes, weighted.weights, weighted.source)
+    assert torch.equal(sample(apply(sdxl, adapter, loaded)), sample(apply(sdxl, adapter, weighted)))
+
+    with pytest.raises(ValueError, match="PartID Save Identity, input 'filename_prefix'.*leads outside"):
+        run(comfy, SAVE, identity=identity, filename_prefix="../../escape")
+    with pytest.raises(ValueError, match="PartID Save Identity, input 'identity'"):
+        run(comfy, SAVE, identity=torch.zeros(3), filename_prefix="x")
+    with pytest.raises(ValueError, match="PartID Load Identity, input 'identity_file'.*PartID Save Identity"):
+        run(comfy, LOAD, identity_file="nobody.safetensors")
+    save_file({"weight": torch.zeros(2)}, str(tmp_path / "lora.safetensors"))
+    with pytest.raises(ValueError, match="PartID Load Identity, input 'identity_file': lora.safetensors is not a "
+                                         "PartID identity file"):
+        run(comfy, LOAD, identity_file="lora.safetensors")
 
 
 class Spy:
