@@ -22,6 +22,7 @@ from .model_choice import choices, resolve
 LOADER = "PartID Evaluation Models Loader"
 NODE = "PartID Evaluate Pair"
 EvalModels = io.Custom("PARTID_EVAL_MODELS")
+MANAGED_ATTR = {"clip": "_partid_clip", "dino": "_partid_dino"}   # managed.Managed kept on the EvaluationModels
 
 
 def _device():
@@ -48,14 +49,19 @@ class EvaluationModelsLoader(io.ComfyNode):
         from ..models.evaluation.dino_score import DINOScorer
 
         loaded = {}
+        _, offload_device = managed.devices()
         for name, choice, kind, build in (("clip", clip, "eval_clip", CLIPScorer),
                                           ("dino", dino, "eval_dino", DINOScorer)):
             path = resolve(LOADER, name, choice, kind, "evaluation", download)
             try:
-                loaded[name] = build(path, _device())
+                loaded[name] = build(path, offload_device)
             except ModelFileError as exc:
                 raise _as_input_error(LOADER, name, exc) from exc
-        return io.NodeOutput(metrics.EvaluationModels(clip=loaded["clip"], dino=loaded["dino"]))
+        models = metrics.EvaluationModels(clip=loaded["clip"], dino=loaded["dino"])
+        # Both go under ComfyUI's model management, loaded when PartID Evaluate Pair runs.
+        for name, scorer in loaded.items():
+            managed.held(models, MANAGED_ATTR[name], lambda _device, s=scorer: s, module_of=lambda s: s.model)
+        return io.NodeOutput(models)
 
 
 def _frames(image, name: str) -> list:
@@ -117,11 +123,14 @@ class EvaluatePair(io.ComfyNode):
             raise InputError(NODE, "reference", f"{len(refs)} references for {len(gens)} generations.",
                              "give one reference, or one per generation.")
         device = _device()
+        parsers = (managed.face_parser_held(face_parser, device) if face_parser is not None else None,
+                   managed.body_parser_held(check_body_parser(body_parser, NODE, "body_parser"), device)
+                   if body_parser is not None else None)
+        scorers = [getattr(eval_models, attr, None) for attr in MANAGED_ATTR.values()]
+        managed.load(*[k for k in (*scorers, *parsers) if k is not None])   # room made for all of them at once
         models = metrics.EvaluationModels(
             clip=eval_models.clip, dino=eval_models.dino, face=analyzer, det_thresh=det_thresh,
-            face_parser=managed.face_parser(face_parser, device) if face_parser is not None else None,
-            body_parser=managed.body_parser(check_body_parser(body_parser, NODE, "body_parser"), device)
-            if body_parser is not None else None)
+            face_parser=parsers[0].engine if parsers[0] else None, body_parser=parsers[1].engine if parsers[1] else None)
         if analyzer is not None and conditioned_with != "unknown":
             _, note = choose_face_pack([analyzer.name], analyzer.name, conditioned_with)
             if note:

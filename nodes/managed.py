@@ -151,19 +151,33 @@ def is_loaded(owner, attr: str) -> bool:
 
 # -- the parsers ------------------------------------------------------------------------------------
 
-def face_parser(weights, load_device=None):
-    """The FaceParser engine for loaded face-parser weights, under model management."""
+def face_parser_held(weights, load_device=None) -> Managed:
+    """The FaceParser engine for loaded face-parser weights with its patcher (not loaded yet)."""
     from ..models.face_parsing import FaceParser
 
-    return managed(weights, "_partid_face_parser", lambda device: FaceParser(weights, device),
-                   load_device=load_device, module_of=lambda engine: engine.net)
+    return held(weights, "_partid_face_parser", lambda device: FaceParser(weights, device),
+                load_device=load_device, module_of=lambda engine: engine.net)
 
 
-def body_parser(weights, load_device=None):
-    """The BodyParser engine for loaded body-parser weights (SegFormer managed; ONNX on the run device)."""
+def body_parser_held(weights, load_device=None) -> Managed:
+    """The BodyParser engine for loaded body-parser weights (SegFormer managed; ONNX built on the run device)."""
     from ..models.body_parsing import BodyParser
 
     onnx = weights.backend == "onnx"
-    return managed(weights, "_partid_body_parser", lambda device: BodyParser(weights, device),
-                   load_device=load_device, module_of=lambda engine: None if onnx else engine.net,
-                   build_on_run_device=onnx)
+    return held(weights, "_partid_body_parser", lambda device: BodyParser(weights, device),
+                load_device=load_device, module_of=lambda engine: None if onnx else engine.net,
+                build_on_run_device=onnx)
+
+
+def face_parser(weights, load_device=None):
+    """The FaceParser engine, loaded and ready to call."""
+    kept = face_parser_held(weights, load_device)
+    load(kept)
+    return kept.engine
+
+
+def body_parser(weights, load_device=None):
+    """The BodyParser engine, loaded and ready to call."""
+    kept = body_parser_held(weights, load_device)
+    load(kept)
+    return kept.engine

@@ -51,11 +51,16 @@ class CLIPScorer:
                                  "CLIP-I the image processor of the same repo).")
         self.folder = folder
         self.short_name = os.path.basename(os.path.normpath(folder))
-        self.device, self.dtype = torch.device(device), dtype
+        self.dtype = dtype
         self.model = CLIPModel.from_pretrained(folder, local_files_only=True, use_safetensors=True)
-        self.model = self.model.eval().requires_grad_(False).to(self.device, dtype)
+        self.model = self.model.eval().requires_grad_(False).to(torch.device(device), dtype)
         self.processor = CLIPImageProcessor.from_pretrained(folder, local_files_only=True)
         self.tokenizer = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model is now (ComfyUI's model management may have moved it)."""
+        return next(self.model.parameters()).device
 
     def describe(self) -> str:
         v = self.model.config.vision_config

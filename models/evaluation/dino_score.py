@@ -82,11 +82,16 @@ def imagenet_normalise(images: np.ndarray) -> torch.Tensor:
 
 class DINOScorer:
     def __init__(self, path: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
-        self.path, self.device, self.dtype = path, torch.device(device), dtype
-        self.model = dino_vit_from_file(path, self.device, dtype)
+        self.path, self.dtype = path, dtype
+        self.model = dino_vit_from_file(path, torch.device(device), dtype)
         cfg = self.model.config
         self.name = os.path.basename(path)
         self.size_name = {384: "ViT-S", 768: "ViT-B"}.get(cfg.embed_dim, "ViT") + f"/{cfg.patch_size}"
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model is now (ComfyUI's model management may have moved it)."""
+        return next(self.model.parameters()).device
 
     def describe(self) -> str:
         return f"DINO {self.size_name} ({self.name})"

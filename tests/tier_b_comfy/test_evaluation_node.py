@@ -100,6 +100,29 @@ def test_pair_on_generated_images(generated, pair_run):
     assert ui.as_dict() == {"text": (table,)}        # shown on the node
 
 
+def test_evaluation_models_are_models_comfyui_manages(comfy, loaded, pair_run, generated):
+    """CLIP, DINO and the face parser are in ComfyUI's loaded-model list after an evaluation; after ComfyUI
+    unloads them the node loads them again and gives the same table."""
+    import comfy.model_management as mm
+
+    from partid.nodes import managed
+
+    eval_models = loaded["eval_models"]
+    kept = {"clip": eval_models._partid_clip, "dino": eval_models._partid_dino}
+    assert kept["clip"].engine is eval_models.clip and kept["clip"].patcher.model.net is eval_models.clip.model
+    assert all(managed.is_loaded(eval_models, f"_partid_{n}") for n in kept)
+    assert managed.is_loaded(loaded["face_parser"], "_partid_face_parser")
+    mm.unload_all_models()
+    assert not any(managed.is_loaded(eval_models, f"_partid_{n}") for n in kept)
+    astro = torch.from_numpy(photos.astronaut()).float().div(255)[None]
+    batch = torch.cat([torch.nn.functional.interpolate(astro.permute(0, 3, 1, 2), size=(256, 256), mode="bilinear",
+                                                       antialias=True).permute(0, 2, 3, 1), generated])
+    again, _ = comfy.run(node(comfy, "PartIDEvaluatePair"), reference=astro, generation=batch,
+                         prompt="a photo of an astronaut", det_thresh=0.2, conditioned_with="buffalo_l", **loaded)
+    assert again[-1] == pair_run[0][-1]
+    assert all(managed.is_loaded(eval_models, f"_partid_{n}") for n in kept)
+
+
 def test_self_pair_and_conditioning_note(comfy, loaded, model_dirs):
     astro = torch.from_numpy(photos.astronaut()).float().div(255)[None]
     (buffalo,), _ = comfy.run(node(comfy, "PartIDFaceAnalysisLoader"), pack="buffalo_l", provider="cpu")
