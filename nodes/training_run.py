@@ -117,6 +117,9 @@ def make_prepare(vae, clip, resolution: int, face_parser=None, analyzer=None, cl
                  facial: FacialText | None = None):
     """prepare(path, sample) for CachedDataset: latent, text, face mask, ArcFace, CLIP-H states; with a face
     parser, CLIP vision and `facial`, the fused-region data of nodes/training_regions.py as well."""
+    # Every network here is frozen: no autograd graph. (With one, the graph of a CLIP-H encode, 3.5 GB of
+    # saved activations and cast weights, outlived the call: measured in the test process.)
+    @torch.no_grad()
     def prepare(path: str, sample: Sample) -> dict:
         image = load_rgb(path, resolution)
         if facial is not None and face_parser is not None and clip_vision is not None:

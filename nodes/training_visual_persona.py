@@ -47,6 +47,7 @@ def make_vp_prepare(vae, clip, resolution: int, dinov2_weights, body_parser):
     parser = managed.OnUse(lambda: managed.body_parser(body_parser))
     _, dtype = compute_device_dtype()
 
+    @torch.no_grad()          # frozen networks only: no autograd graph (see make_prepare)
     def prepare(path: str, sample: Sample) -> dict:
         image = load_rgb(path, resolution)
         out = latent_and_text(vae, clip, image, sample.caption)
