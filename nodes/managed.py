@@ -1,7 +1,8 @@
 """PartID's own networks under ComfyUI's model management, as ComfyUI holds CLIP vision.
 
 The face and body parsers (BiSeNet, SegFormer), DINOv2, Visual Persona's decoder, ConsistentID's
-ProjPlus and FacialEncoder are built once per loaded-weights object, on ComfyUI's offload device, and
+ProjPlus and FacialEncoder, and the evaluation CLIP and DINO are built once per loaded-weights object
+(the evaluation ones by their loader), on ComfyUI's offload device, and
 wrapped in a `comfy.model_patcher.ModelPatcher`. Each use goes through `load_models_gpu`, so ComfyUI
 moves the network to the GPU when a node needs it, takes it off again when the UNet (or anything
 else) needs the room, and drops it on "Unload models" / `POST /free` — instead of the network sitting
