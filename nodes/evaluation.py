@@ -60,7 +60,7 @@ class EvaluationModelsLoader(io.ComfyNode):
         models = metrics.EvaluationModels(clip=loaded["clip"], dino=loaded["dino"])
         # Both go under ComfyUI's model management, loaded when PartID Evaluate Pair runs.
         for name, scorer in loaded.items():
-            managed.held(models, MANAGED_ATTR[name], lambda _device, s=scorer: s, module_of=lambda s: s.model)
+            managed.adopt(models, MANAGED_ATTR[name], scorer, scorer.model)
         return io.NodeOutput(models)
 
 

@@ -81,6 +81,12 @@ def held(owner, attr: str, build: Callable[[torch.device], Any], dtype: torch.dt
     return kept
 
 
+def adopt(owner, attr: str, engine, module: torch.nn.Module) -> Managed:
+    """Put an engine already built on the offload device (see `devices`) under model management, kept on
+    `owner` under `attr` (the evaluation loader builds its scorers itself)."""
+    return held(owner, attr, lambda _device: engine, module_of=lambda _engine: module)
+
+
 def load(*kept: Managed) -> None:
     """Load these networks on their run device together, ComfyUI making room for all of them first.
 
