@@ -8,7 +8,7 @@ Modules:
   * ``cli.client``   - ComfyUI HTTP/websocket protocol: upload, submit, stream events, download
   * ``cli.workflow`` - loading and editing API-format workflows (pure functions)
   * ``cli.server``   - ``ComfyServer`` (start/wait/stop a ComfyUI process) and ``find_comfyui``
-  * ``cli.ui_workflow`` - API-format <-> UI-format workflows (the example_workflows/ twins)
+  * ``cli.ui_workflow`` - API-format <-> UI-format workflows (the workflows/ twins)
 
 Nothing here imports torch or comfy: the runner must stay light enough to run
 next to (not inside) a ComfyUI process.

@@ -15,5 +15,5 @@ def test_model_table_is_generated_from_the_catalog():
 def test_readme_test_command_is_what_ci_runs():
     ci = (REPO / ".ci" / "run").read_text()
     assert "python -m pytest\n```" in README and "python -m pytest" in ci
-    assert "PartID/api_workflows/consistentid_sd15_api.json --image" in README
-    assert (REPO / "api_workflows" / "consistentid_sd15_api.json").is_file()
+    assert "PartID/workflows/api/consistentid_sd15_api.json --image" in README
+    assert (REPO / "workflows" / "api" / "consistentid_sd15_api.json").is_file()

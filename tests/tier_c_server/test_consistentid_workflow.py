@@ -1,4 +1,4 @@
-"""The ConsistentID SD1.5 example workflow (api_workflows/consistentid_sd15_api.json) through the headless
+"""The ConsistentID SD1.5 example workflow (workflows/api/consistentid_sd15_api.json) through the headless
 runner against a real ComfyUI server: the astronaut uploaded with --image, the random full-size SD1.5,
 random ConsistentID SD1.5 adapter, CLIP-ViT-H/14, buffalo_l and BiSeNet; 64x64, 2 steps."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ from fixtures_builders.photos import astronaut
 from PIL import Image
 from partid_rig import REPO, REPORT, get_json
 
-WORKFLOW = REPO / "api_workflows" / "consistentid_sd15_api.json"
+WORKFLOW = REPO / "workflows" / "api" / "consistentid_sd15_api.json"
 
 
 def test_workflow_nodes_are_served(partid_server):

@@ -17,7 +17,7 @@ from fixtures_builders.photos import astronaut, group_photo
 from partid_rig import REPO
 from PIL import Image
 
-WORKFLOW = REPO / "api_workflows" / "partid_parsing_api.json"
+WORKFLOW = REPO / "workflows" / "api" / "partid_parsing_api.json"
 REGIONS = ("face", "eyes", "ears", "nose", "mouth")
 PARTS = ("full_body", "face", "upper", "lower", "shoes")
 

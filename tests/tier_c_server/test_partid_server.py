@@ -18,7 +18,7 @@ EXPECTED = {
     "PartIDDINOv2Loader": (["PARTID_DINOV2"], {"dinov2"}),
     "PartIDModelInfo": (["STRING"], {"model"}),
 }
-WORKFLOW = REPO / "api_workflows" / "partid_model_check_api.json"
+WORKFLOW = REPO / "workflows" / "api" / "partid_model_check_api.json"
 
 
 def test_object_info_lists_every_partid_node(partid_server):

@@ -1,4 +1,4 @@
-"""The training workflow (api_workflows/consistentid_train_api.json) end to end through the headless runner.
+"""The training workflow (workflows/api/consistentid_train_api.json) end to end through the headless runner.
 
 A real ComfyUI server (tier C fixture: random full-size SD1.5 checkpoint, the official-layout random
 ConsistentID-v1.bin, BiSeNet, buffalo_l, CLIP-ViT-H) trains on a folder in its input directory built
@@ -19,7 +19,7 @@ from fixtures_builders.photos import astronaut, group_photo
 from partid_rig import REPO, REPORT
 from PIL import Image
 
-WORKFLOW = REPO / "api_workflows" / "consistentid_train_api.json"
+WORKFLOW = REPO / "workflows" / "api" / "consistentid_train_api.json"
 OUTPUT_NAME = "partid_ci_trained"
 
 

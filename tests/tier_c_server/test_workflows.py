@@ -1,5 +1,5 @@
-"""Every shipped workflow against a live ComfyUI: api_workflows/*_api.json (what the runner posts) and
-example_workflows/*.json (what the template browser loads), checked against /object_info of a real
+"""Every shipped workflow against a live ComfyUI: workflows/api/*_api.json (what the runner posts) and
+workflows/*.json (what the template browser loads), checked against /object_info of a real
 server that has every model file the workflows name.
 
 - API: every node type is served; every input name is known and every required one given; every link
@@ -23,7 +23,7 @@ from partid_rig import COMFYUI, REPO, REPORT, get_json
 
 from partid.cli import ui_workflow as uw
 
-API_DIR, UI_DIR = REPO / "api_workflows", REPO / "example_workflows"
+API_DIR, UI_DIR = REPO / "workflows" / "api", REPO / "workflows"
 API_FILES = sorted(API_DIR.glob("*_api.json"))
 UI_FILES = sorted(UI_DIR.glob("*.json"))
 INPUT_IMAGES = ("reference.png", "person_a.png", "person_b.png")   # what the workflows' LoadImage nodes name
@@ -148,7 +148,7 @@ def test_workflows_exist_in_both_formats():
         "consistentid_sd15_api.json", "consistentid_sdxl_api.json", "visual_persona_sdxl_api.json",
         "face_and_body_sdxl_api.json", "two_people_sdxl_api.json"}
     missing = [p.name for p in API_FILES if not ui_twin(p).is_file()]
-    assert not missing, f"API workflows without a UI twin in example_workflows/: {missing}"
+    assert not missing, f"API workflows without a UI twin in workflows/: {missing}"
     orphans = {p.name for p in UI_FILES} - {ui_twin(p).name for p in API_FILES}
     assert not orphans, f"UI workflows without an API twin: {orphans}"
 
@@ -182,11 +182,11 @@ def test_template_browser_lists_the_ui_workflows(object_info, partid_sdxl_server
     source = (Path(COMFYUI) / "app" / "custom_node_manager.py").read_text()
     scanned = re.search(r"example_workflow_folder_names = (\[[^\]]*\])", source).group(1)
     folders = json.loads(scanned.replace("'", '"'))
-    assert "example_workflows" in folders
+    assert "workflows" in folders      # our template folder (ComfyUI also scans example_workflows/ etc.)
     api_in_templates = [str(p.relative_to(REPO)) for f in folders for p in (REPO / f).glob("*.json")
                         if "nodes" not in json.loads(p.read_text())]
     assert not api_in_templates, (f"API-format files in folders ComfyUI lists as templates: {api_in_templates}; "
-                                  "API workflows belong in api_workflows/")
+                                  "API workflows belong in workflows/api/")
     listed = get_json(partid_sdxl_server, "/workflow_templates").get("PartID")
     assert sorted(listed) == sorted(p.stem for p in UI_FILES)
     for name in listed:

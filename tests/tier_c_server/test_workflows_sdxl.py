@@ -20,7 +20,7 @@ from fixtures_builders.photos import astronaut, group_photo
 from partid_rig import REPO, REPORT
 from PIL import Image
 
-API_DIR = REPO / "api_workflows"
+API_DIR = REPO / "workflows" / "api"
 SMALL = ["--set", "Latent.width=64", "--set", "Latent.height=64", "--set", "Sampler.steps=2"]
 # Random-weight detector: a low threshold, and no failure if it still finds nothing.
 FACE = ["--set", "Face analysis.det_thresh=0.2", "--set", "Face analysis.on_no_face=bypass"]
@@ -58,7 +58,7 @@ def test_sdxl_workflow_runs_on_cpu(sdxl_heavy, tmp_path, name):
 @pytest.mark.skipif(os.environ.get("PARTID_FULL_SDXL") != "1",
                     reason="VP training on the full-size SDXL server: set PARTID_FULL_SDXL=1 (server peak 20.4 GiB)")
 def test_visual_persona_training_workflow_runs_on_cpu(sdxl_heavy, tmp_path):
-    """api_workflows/visual_persona_train_api.json unchanged but for 1 step at 64 px and training the ID key/value
+    """workflows/api/visual_persona_train_api.json unchanged but for 1 step at 64 px and training the ID key/value
     only: the real photos in the server's input/training_images (two identities), SCHP ATR parts, DINOv2 ViT-g/14
     part tokens, the full-size SDXL (fp8 weights, as this server stores them) with gradient checkpointing; the
     saved file reloads with the trained group changed and the decoder kept. (The workflow's decoder + id_kv is

@@ -1,14 +1,14 @@
 """Tier D: PartID in ComfyUI's real frontend, in headless Chromium (walkthrough.cjs drives it).
 
-One walkthrough per session: every UI workflow in example_workflows/ loads into the canvas (its
+One walkthrough per session: every UI workflow in workflows/ loads into the canvas (its
 template thumbnail is taken, and the frontend's own graphToPrompt, as "Save (API)", must give its
-API twin in api_workflows/); the parsing workflow (api_workflows/, through the frontend's API
+API twin in workflows/api/); the parsing workflow (workflows/api/, through the frontend's API
 loading), with two PartID Select Labels added, is queued; the PartID legends must show what the server sent; clicking legend labels must switch the
 Select Labels toggles, and the second run's masks on the server must be made of exactly those labels.
 
 Screenshots are kept in partid_out/tier_d_browser/ ($PARTID_ARTIFACTS_DIR). To refresh the README's
 pictures and the template thumbnails:
-    PARTID_SCREENSHOTS_DIR=docs/images PARTID_TEMPLATE_PREVIEWS_DIR=example_workflows python -m pytest tests/tier_d_browser
+    PARTID_SCREENSHOTS_DIR=docs/images PARTID_TEMPLATE_PREVIEWS_DIR=workflows python -m pytest tests/tier_d_browser
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ from PIL import Image
 
 HERE = Path(__file__).resolve().parent
 PACK_NAME = "PartID"   # the custom_nodes folder name (tier_d_browser/conftest.py)
-WORKFLOWS = REPO / "example_workflows"      # UI format: ComfyUI's template browser lists them
-API_WORKFLOWS = REPO / "api_workflows"
+WORKFLOWS = REPO / "workflows"      # UI format: ComfyUI's template browser lists them
+API_WORKFLOWS = REPO / "workflows" / "api"
 # The parsing workflow plus what a user adds to pick labels: Select Labels on each label map, shown.
 EXTRA_NODES = {
     "50": ("PartIDSelectLabels", "Pick body labels", {"label_map": ["31", 5]}),
@@ -179,8 +179,8 @@ def test_template_browser_serves_every_workflow_with_its_thumbnail(browser_serve
     for name in names:
         # the frontend asks for `<name>.jpg` beside the workflow (useTemplateWorkflows, mediaSubtype "jpg")
         resp = requests.get(f"{browser_server.url}/api/workflow_templates/{PACK_NAME}/{name}.jpg", timeout=30)
-        assert resp.status_code == 200, f"example_workflows/{name}.jpg is missing: regenerate " \
-                                        "with PARTID_TEMPLATE_PREVIEWS_DIR=example_workflows (module docstring)"
+        assert resp.status_code == 200, f"workflows/{name}.jpg is missing: regenerate " \
+                                        "with PARTID_TEMPLATE_PREVIEWS_DIR=workflows (module docstring)"
         assert resp.headers["Content-Type"] == "image/jpeg"
 
 
@@ -233,7 +233,7 @@ def test_every_ui_workflow_makes_its_api_twin_in_the_frontend(walk):
         inputs += sum(len(node["inputs"]) for node in frontend.values())
         diffs = prompt_differences(frontend, twin)
         if diffs:
-            failures[f"example_workflows/{path.name} vs api_workflows/{path.stem}_api.json"] = diffs
+            failures[f"workflows/{path.name} vs workflows/api/{path.stem}_api.json"] = diffs
     assert not failures, "the frontend's prompt differs from the API twin:\n" + json.dumps(failures, indent=1)
     REPORT.append(f"tier D: {len(workflow_files())} UI workflows through the frontend's graphToPrompt = their API "
                   f"twins ({inputs} inputs)")
