@@ -6,7 +6,8 @@
 Pairing (models/evaluation/pairing.py): one reference image pairs with every generation; otherwise a
 generation pairs with the reference of the same stem, or whose stem its name starts with
 (``alice.png`` <- ``alice_0001.png``). A manifest CSV has the columns reference, generation[, prompt].
-Prompts: --prompts (JSON {generation: prompt} or CSV generation,prompt) or ``<generation>.txt`` beside it.
+Prompts: a manifest row's prompt, then --prompts (JSON {generation: prompt} or CSV generation,prompt), then
+``<generation>.txt`` beside the generation. Every image is checked before any model loads.
 
 Models are found in a ComfyUI models folder (--models, default: the ComfyUI that find_comfyui finds):
 evaluation/clip_vit_large_patch14/, evaluation/dino_deitsmall16_pretrain.pth, insightface/models/<pack>/,
@@ -41,8 +42,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--body-parser", help="body parser file/folder or 'none'")
     p.add_argument("--face-pack", default="auto", choices=("auto", "antelopev2", "buffalo_l", "none"),
                    help="insightface pack for FaceSim; auto = one other than --conditioned-with")
-    p.add_argument("--conditioned-with", default="buffalo_l", choices=("buffalo_l", "antelopev2"),
-                   help="the pack that conditioned the generations (ConsistentID: buffalo_l)")
+    p.add_argument("--conditioned-with", default="buffalo_l", choices=("buffalo_l", "antelopev2", "unknown"),
+                   help="the pack that conditioned the generations (ConsistentID: buffalo_l; Visual Persona "
+                        "conditions on no face pack: unknown)")
     p.add_argument("--det-thresh", type=float, default=0.5, help="face detection threshold (default 0.5)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
     return p
@@ -64,7 +66,9 @@ def main(args) -> int:
 
     try:
         if args.manifest:
-            pairs = pairing.read_manifest(args.manifest)
+            if args.references:
+                raise ValueError("--references goes with --generations; a manifest names its references itself")
+            pairs = pairing.read_manifest(args.manifest, args.prompts)
         else:
             if not args.references:
                 raise ValueError("--generations needs --references")
@@ -73,11 +77,11 @@ def main(args) -> int:
                                    face_pack=args.face_pack, conditioned_with=args.conditioned_with,
                                    face_parser=args.face_parser, body_parser=args.body_parser,
                                    det_thresh=args.det_thresh, device=args.device)
+        summary = run.evaluate_to_folder(models, pairs, args.out,
+                                         progress=lambda i, n: log.info("pair %d/%d", i, n))
     except (ValueError, OSError, PartIDError) as exc:
         log.error("%s", exc)
         return EXIT_USAGE
-    summary = run.evaluate_to_folder(models, pairs, args.out,
-                                     progress=lambda i, n: log.info("pair %d/%d", i, n))
     sys.stdout.write(summary_markdown(summary))
     for name in ("metrics.csv", "summary.json", "summary.md"):
         sys.stdout.write(os.path.join(args.out, name) + "\n")

@@ -285,21 +285,40 @@ def test_region_crops_and_fgis_recomputed_independently(models, images, feats, v
         assert math.isnan(row[f"fgis_{region}"]) == (region not in both)
 
 
-def test_part_sim_averages_the_visual_persona_parts(models, images, feats):
+def _imagenet_pixels(crop) -> torch.Tensor:
+    x = torch.from_numpy(np.array(crop)).float() / 255
+    return ((x - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)).permute(2, 0, 1)[None]
+
+
+def test_part_sim_recomputed_from_visual_persona_part_images(models, images, feats, vit):
+    """Per-part cosines from Visual Persona's own part images through the independent ViTModel."""
     from partid.models.body_parts import body_parts
     from partid.models.visual_persona.part_images import part_images
 
-    rgb = images["group"]
-    label_map = models.body_parser.parse(torch.from_numpy(rgb).float().div(255)[None])
-    vp = part_images([rgb], body_parts(label_map).stacked())
-    ours = regions.body_part_crops(models.body_parser, rgb)
-    for i, part in enumerate(regions.PARTS):
-        assert ours.present(part) == bool(vp.present[0, i])
-        if ours.present(part):
-            assert np.array_equal(ours.images[part], vp.images[0, i].numpy())
+    cls = {}
+    for key in ("astronaut", "group"):
+        rgb = images[key]
+        label_map = models.body_parser.parse(torch.from_numpy(rgb).float().div(255)[None])
+        vp = part_images([rgb], body_parts(label_map).stacked())
+        ours = regions.body_part_crops(models.body_parser, rgb)
+        cls[key] = {}
+        for i, part in enumerate(regions.PARTS):
+            assert ours.present(part) == bool(vp.present[0, i])
+            if ours.present(part):
+                crop = vp.images[0, i].numpy()
+                assert np.array_equal(ours.images[part], crop)
+                cls[key][part] = _vit_cls(vit, _imagenet_pixels(crop))[0]
     row = metrics.compare(feats["astronaut"], feats["group"])
-    parts = [row[f"part_{p}"] for p in metrics.IDENTITY_PARTS if not math.isnan(row[f"part_{p}"])]
-    assert _same(row["part_sim"], float(np.mean(parts)) if parts else float("nan"), 1e-12)
+    both = [p for p in regions.PARTS if p in cls["astronaut"] and p in cls["group"]]
+    identity = [p for p in both if p in metrics.IDENTITY_PARTS]
+    assert identity, "no Visual Persona identity part present in both photos: the check would be empty"
+    diffs = [abs(row[f"part_{p}"] - float(cls["astronaut"][p] @ cls["group"][p])) for p in both]
+    want = float(np.mean([float(cls["astronaut"][p] @ cls["group"][p]) for p in identity]))
+    REPORT.append(f"evaluation per-part similarity ({', '.join(both)}) vs Visual Persona part images + ViTModel: "
+                  f"max |diff| {max(diffs):.1e}, part_sim |diff| {abs(row['part_sim'] - want):.1e}")
+    assert max(diffs) < 1e-5 and abs(row["part_sim"] - want) < 1e-5
+    for part in regions.PARTS:
+        assert math.isnan(row[f"part_{part}"]) == (part not in both)
 
 
 def test_face_pack_choice_states_a_fallback(tmp_path):

@@ -57,6 +57,36 @@ def test_manifest_paths_are_relative_to_it(tmp_path):
         pairing.read_manifest(tmp_path / "bad.csv")
 
 
+def test_manifest_from_a_spreadsheet_takes_prompts_from_the_row_then_the_file_then_a_sidecar(tmp_path, caplog):
+    _touch(tmp_path / "a", "r.png")
+    _touch(tmp_path / "b", "g1.png", "g2.png", "g3.png")
+    (tmp_path / "b" / "g3.txt").write_text("from the sidecar\n")
+    (tmp_path / "p.json").write_text(json.dumps({"g2": "from the file", "g9.png": "a typo"}))
+    # Excel's "CSV UTF-8" starts with a byte-order mark, which must not hide the first column's name.
+    (tmp_path / "m.csv").write_bytes("reference,generation,prompt\na/r.png,b/g1.png,from the row\n"
+                                     "a/r.png,b/g2.png,\na/r.png,b/g3.png,\n".encode("utf-8-sig"))
+    with caplog.at_level("WARNING", logger="partid.models.evaluation.pairing"):
+        pairs = pairing.read_manifest(tmp_path / "m.csv", tmp_path / "p.json")
+    assert [p.prompt for p in pairs] == ["from the row", "from the file", "from the sidecar"]
+    assert "g9.png" in caplog.text and "g2" not in caplog.text.split("generations:")[-1]
+
+
+def test_manifest_rows_and_images_are_checked_before_any_model_loads(tmp_path):
+    _touch(tmp_path / "a", "r.png")
+    (tmp_path / "m.csv").write_text("reference,generation\na/r.png\n")
+    with pytest.raises(ValueError, match="line 2: no generation path"):
+        pairing.read_manifest(tmp_path / "m.csv")
+    (tmp_path / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (tmp_path / "m.csv").write_text("reference,generation\na/r.png,a/r.png\na/r.png,a/broken.png\n")
+    with pytest.raises(ValueError, match=r"line 3: .*broken.png is not a readable image"):
+        pairing.read_manifest(tmp_path / "m.csv")
+    refs = _touch(tmp_path / "refs", "x.png")
+    gens = _touch(tmp_path / "gens", "x_1.png")
+    (gens / "x_2.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="x_2.png is not a readable image"):
+        pairing.pair_folders(refs, gens)
+
+
 @pytest.fixture(scope="module")
 def run_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
@@ -131,3 +161,9 @@ def test_bad_usage_exits_2(tmp_path):
     _touch(tmp_path / "g", "a.png")
     assert runner.main(["evaluate", "--references", str(tmp_path / "g"), "--generations", str(tmp_path / "g"),
                         "--out", str(tmp_path / "o"), "--clip", str(tmp_path / "nope")]) == 2
+    (tmp_path / "m.csv").write_text("reference,generation\ng/a.png,g/a.png\n")
+    assert runner.main(["evaluate", "--manifest", str(tmp_path / "m.csv"), "--references", str(tmp_path / "g"),
+                        "--out", str(tmp_path / "o")]) == 2
+    (tmp_path / "g" / "a_2.png").write_bytes(b"not an image")    # a broken generation: no traceback, exit 2
+    assert runner.main(["evaluate", "--references", str(_touch(tmp_path / "r", "a.png")), "--generations",
+                        str(tmp_path / "g"), "--out", str(tmp_path / "o")]) == 2
