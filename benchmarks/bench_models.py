@@ -51,7 +51,8 @@ def tiny_layout(base: str, pack):
                                   mid=("mid_block", 4 * c, 1, 1))
 
 
-def build_base(name: str, tiny: bool, device: str, pack) -> Base:
+def build_base(name: str, tiny: bool, device: str, pack, dtype: torch.dtype | None = None) -> Base:
+    """A random UNet of the real config (or the tiny one) in a ModelPatcher; dtype default: fp16 on cuda, else fp32."""
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.supported_models
@@ -61,7 +62,7 @@ def build_base(name: str, tiny: bool, device: str, pack) -> Base:
         config = comfy.supported_models.SD15(TINY_SD15_UNET if tiny else SD15_UNET)
     else:
         config = comfy.supported_models.SDXL(dict(SDXL_UNET, **TINY_SDXL) if tiny else SDXL_UNET)
-    config.set_inference_dtype(torch.float16 if device == "cuda" else torch.float32, None)
+    config.set_inference_dtype(dtype or (torch.float16 if device == "cuda" else torch.float32), None)
     model = init_random_(config.get_model({}, device="cpu"), 0)
     patcher = comfy.model_patcher.ModelPatcher(model, mm.get_torch_device(), mm.unet_offload_device())
     ctx = 768 if name == "sd15" else 2048
@@ -117,22 +118,46 @@ def random_identity(pack, parts=VP_PARTS, tokens_per_part: int = 256):
                       (tokens_per_part,) * len(parts), (1.0,) * len(parts), "visual_persona")
 
 
-def consistentid_preprocess(nodes, photo, clip_vision, base_name: str, device: str, repeats: int) -> tuple:
-    """(embeddings, image_states, {stage: ms per reference}) through PartID's nodes on one reference photo."""
+def consistentid_preprocess(nodes, pack, photo, clip_vision, base: Base, adapter, device: str, repeats: int,
+                            clip=None) -> tuple:
+    """(embeddings, image_states, {stage: ms per reference}) through PartID's nodes on one reference photo.
+
+    Stages: face analysis, face regions, ConsistentID Encode (CLIP-H), Text Fusion when a CLIP is given
+    (its text encodes included: the positive is encoded once for both merge phases, as plain ComfyUI
+    encodes it once), and Apply (ProjPlus ID tokens + the patches on a clone of the model).
+    """
     (analyzer,) = harness.run_node(nodes, "PartIDFaceAnalysisLoader", pack="buffalo_l",
                                    provider="cuda" if device == "cuda" else "cpu")
     (parser,) = harness.run_node(nodes, "PartIDFaceParserLoader", parser="bisenet_face_parsing")
-    resolution = 512 if base_name == "sd15" else 1280
+    resolution = 512 if base.name == "sd15" else 1280
     (faces, embeds, *_), fa, _ = harness.timed(device, lambda: harness.run_node(
         nodes, "PartIDFaceAnalysis", analyzer=analyzer, image=photo, det_thresh=0.2, on_no_face="bypass"), repeats)
     masks, fr, _ = harness.timed(device, lambda: harness.run_node(
         nodes, "PartIDFaceRegions", parser=parser, image=photo, resolution=resolution), repeats)
     masks = dict(zip(("face", "eyes", "ears", "nose", "mouth"), masks[:5]))
-    (_, states), enc, _ = harness.timed(device, lambda: harness.run_node(
+    (regions, states), enc, _ = harness.timed(device, lambda: harness.run_node(
         nodes, "PartIDConsistentIDEncode", clip_vision=clip_vision, image=photo, **masks), repeats)
-    stages = {"face analysis (random tiny buffalo_l graphs)": fa * 1000, f"face regions (BiSeNet @{resolution})": fr * 1000,
-              "ConsistentID encode (CLIP-H)": enc * 1000}
+    stages = {"face analysis (buffalo_l)": fa * 1000,
+              f"face regions (BiSeNet @{resolution})": fr * 1000, "ConsistentID encode (CLIP-H)": enc * 1000}
+    if clip is not None:
+        _, fuse, _ = harness.timed(device, lambda: harness.run_node(
+            nodes, "PartIDConsistentIDText", clip=clip, adapter=adapter, regions=regions,
+            text="a photo of an astronaut", negative="blurry"), repeats)
+        stages["text fusion (text encodes + FacialEncoder)"] = fuse * 1000
+    apply_consistentid = pack(".nodes.consistentid_apply").apply_consistentid     # what the Apply node runs
+    _, apply, _ = harness.timed(device, lambda: apply_consistentid(base.model, adapter, embeds, states,
+                                                                   layout=base.layout), repeats)
+    stages["apply (ProjPlus ID tokens + patches)"] = apply * 1000
     return embeds, states, stages
+
+
+def sd15_text_encoder():
+    """ComfyUI's CLIP object of the tests' random SD1.5 checkpoint (CLIP-L only: no second UNet, no VAE)."""
+    import comfy.sd
+    from fixtures_builders.sd_models import sd15_checkpoint
+
+    return comfy.sd.load_checkpoint_guess_config(str(sd15_checkpoint()), output_vae=False, output_clip=True,
+                                                 output_model=False)[1]
 
 
 def dinov2_g_random(pack):

@@ -164,7 +164,7 @@ def heavy_lock(enabled: bool = True):
 
 
 def cpu_settings(threads: int | None, flush_denormal: bool) -> None:
-    """CPU: torch's thread count and flush-to-zero (see benchmarks/consistentid.py on subnormal floats)."""
+    """CPU: torch's thread count and flush-to-zero (see benchmarks/run.py on subnormal floats)."""
     if threads:
         torch.set_num_threads(threads)
     if flush_denormal:

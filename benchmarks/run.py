@@ -8,8 +8,14 @@
 Runs the real ComfyUI in-process (found like `partid.cli.server.find_comfyui`, PartID loaded by ComfyUI's
 own custom-node loader) on random-weight models of the real sizes (tests/fixtures_builders): SD1.5 and
 SDXL UNets, the official-layout ConsistentID / Visual Persona files, CLIP-H, BiSeNet, SegFormer-B2,
-DINOv2-g. Random weights give the real cost of every layer; see benchmarks/consistentid.py for the
-one CPU caveat (subnormal floats: --flush-denormal --threads 1).
+DINOv2-g, and insightface packs whose detector and recogniser run SCRFD-10G's and ArcFace-R50's layers
+(fixtures_builders/insightface_full.py). Random weights give the real cost of every layer.
+
+CPU caveat (2-core AMD EPYC VM, random weights): a ConsistentID-patched SD1.5 sampled 1.55x slower than
+the plain one at 2 threads and 1.29x at 1 thread, but 0.99x at 1 thread with --flush-denormal: the random
+adapter (its LoRA merged into the weights, so no extra operations per step) drives some values into
+subnormal floats, on which x86 is slow. torch sets flush-to-zero per thread, so the flag only takes full
+effect with --threads 1. Trained weights need not do this; GPU kernels flush subnormals anyway.
 
 Sampling table: per base model, image size and batch, every configuration (plain, an IP-Adapter-style
 baseline of 16 decoupled tokens through the same attention machinery, ConsistentID SD1.5 / SDXL,
@@ -181,7 +187,14 @@ def render(result: dict) -> str:
     commands = " + ".join(f"`{c}`" for c in s.get("commands", [s["command"]]))
     kind = ("**CPU smoke run** (small latents, few steps: it checks the harness, it is not what a GPU user sees)"
             if info["device"] == "cpu" else "**GPU run**")
-    lines = [f"Machine: {harness.machine_line(info)}.", "",
+    lines = []
+    if info["device"] == "cpu":
+        lines += ["**GPU table: not measured yet.** What follows is a CPU run: it shows the format and that the "
+                  "harness works end to end, not what PartID costs on a GPU. On a shared CPU single calls can vary "
+                  "up to 2x between repeats (every repeat is in benchmark.json), so small ratios are within noise. "
+                  "On a CUDA machine `python benchmarks/run.py --device cuda --readme README.md` replaces this block.",
+                  ""]
+    lines += [f"Machine: {harness.machine_line(info)}.", "",
              f"Command: {commands}" + (" — **tiny models: plumbing check, numbers meaningless**" if s["tiny"] else ""),
              "", f"{kind}: {s['steps']} steps, Euler, CFG 5, median of {s['repeats']} interleaved repeats; "
              f"random weights, {'tiny models' if s['tiny'] else 'real model sizes'}.", ""]
@@ -197,6 +210,9 @@ def render(result: dict) -> str:
     if result["preprocessing"]:
         lines += ["", "Preprocessing per reference (ms, median): " + "; ".join(
             f"{stage} {ms:.0f}" for stage, ms in result["preprocessing"].items()) + "."]
+        if not any(k.startswith("sdxl: text fusion") for k in result["preprocessing"]):
+            lines += ["", "(SDXL text fusion is not timed: the run builds no SDXL text encoders.)"] \
+                if any(k.startswith("sdxl:") for k in result["preprocessing"]) else []
     if result.get("preprocessing_memory"):
         lines += ["", "Preprocessing memory: " + "; ".join(
             f"{what} {mib:.0f}" for what, mib in result["preprocessing_memory"].items()) + "."]
@@ -213,7 +229,10 @@ def prepare_inputs(base, args, nodes, pack, photo, clip_vision, prep_stages, pre
     inputs = {}
     adapter = bm.consistentid_adapter(base, args.tiny, nodes, pack)
     if clip_vision is not None:
-        embeds, states, stages = bm.consistentid_preprocess(nodes, photo, clip_vision, base.name, args.device, args.repeats)
+        clip = bm.sd15_text_encoder() if base.name == "sd15" else None      # SDXL: no text encoders are built
+        embeds, states, stages = bm.consistentid_preprocess(nodes, pack, photo, clip_vision, base, adapter, args.device,
+                                                            args.repeats, clip)
+        del clip
         prep_stages.update({f"{base.name}: {k}": v for k, v in stages.items()})
         prep_ms["cid"] = sum(stages.values())
     else:
@@ -261,6 +280,10 @@ def _run(args) -> dict:
         link_clip_vision(models)
         for key in ("face_parsing", "body_parsing", "insightface", "identity_adapters", "clip_vision", "dinov2"):
             folder_paths.add_model_folder_path(key, str(models / key))
+        if preprocess:         # face analysis at SCRFD-10G / ArcFace-R50 cost (fixtures_builders/insightface_full.py)
+            from fixtures_builders.insightface_full import full_pack_root
+
+            folder_paths.add_model_folder_path("insightface", str(full_pack_root("buffalo_l")), is_default=True)
     photo = torch.from_numpy(astronaut()).float()[None] / 255.0
     result = {"machine": harness.machine_info(args.device, flush_denormal=args.flush_denormal),
               "settings": {"command": "python benchmarks/run.py " + " ".join(sys.argv[1:] if args.argv is None else args.argv),
@@ -301,8 +324,28 @@ def _run(args) -> dict:
     return result
 
 
+MERGE_MUST_MATCH = {"machine": ("device", "gpu", "cpu", "torch", "cuda", "comfyui", "flush_denormal", "torch_threads"),
+                    "settings": ("tiny", "steps", "repeats")}
+
+
+def merge_mismatches(result: dict, previous: dict) -> list[str]:
+    """What differs between two runs that one table would label with a single machine and setting line."""
+    return [f"{group}.{key}: {previous.get(group, {}).get(key)!r} then {result.get(group, {}).get(key)!r}"
+            for group, keys in MERGE_MUST_MATCH.items() for key in keys
+            if previous.get(group, {}).get(key) != result.get(group, {}).get(key)]
+
+
 def merge_previous(result: dict, previous: dict) -> dict:
-    """`result` plus what `previous` measured for bases this run did not measure (same machine assumed)."""
+    """`result` plus what `previous` measured for bases this run did not measure.
+
+    The table carries one machine line and one settings line, so runs that differ in any MERGE_MUST_MATCH
+    field are refused (ValueError naming the fields) rather than merged under the newer run's labels.
+    """
+    mismatches = merge_mismatches(result, previous)
+    if mismatches:
+        raise ValueError("--append: the saved run was measured differently, so one table cannot hold both ("
+                         + "; ".join(mismatches) + "). Rerun without --append, or with the same settings on the "
+                         "same machine.")
     ran = {r["base"] for r in result["sampling"] if "skipped" not in r}
     kept = [r for r in previous.get("sampling", []) if r["base"] not in ran and "skipped" not in r]
     kept_bases = {r["base"] for r in kept}
@@ -326,7 +369,12 @@ def main(argv=None) -> dict:
         result = run(args)
     previous = Path(args.out) / "benchmark.json"
     if args.append and not args.render and previous.is_file():
-        result = merge_previous(result, json.loads(previous.read_text()))
+        try:
+            result = merge_previous(result, json.loads(previous.read_text()))
+        except ValueError as exc:       # the fresh run is kept apart so its time is not lost
+            harness.write_results(Path(args.out) / "unmerged", "benchmark", "# PartID benchmark\n\n" + render(result),
+                                  result)
+            sys.exit(f"{exc}\nThis run's results: {Path(args.out) / 'unmerged'}")
     text = render(result)
     md, js = harness.write_results(args.out, "benchmark", "# PartID benchmark\n\n" + text, result)
     if args.readme:

@@ -14,32 +14,28 @@ the official set: FacialEncoder (full size) + ProjPlus + ID key/value + LoRA wit
 fused into the text and the localisation loss on them.
 
 "step" = (wall time of an N-step run - wall time of a 1-step run) / (N - 1): model loading, adapter
-setup and the first step's allocations are excluded alike. "peak" = torch.cuda.max_memory_allocated on
-GPU, the process's peak RSS on CPU (reset per run where Linux allows). Runs over ~3 GB of RAM take the
-shared-machine lock (harness.heavy_lock).
+setup and the first step's allocations are excluded alike. The trainers run interleaved (A, B, C, A, B,
+C, ...) --repeats times and each cell is the median. "peak" = torch.cuda.max_memory_allocated on GPU,
+the process's peak RSS on CPU (reset per run where Linux allows), the largest over the repeats. Writes
+training.md and training.json into --out (default benchmarks/results/<device>), and with --readme
+replaces the text between `<!-- training benchmark -->` and `<!-- /training benchmark -->` in that file.
+Runs over ~3 GB of RAM take the shared-machine lock (harness.heavy_lock).
 """
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 import harness  # noqa: E402  (registers the repo as package `partid`; tests/ on sys.path)
+import bench_models as bm  # noqa: E402
 
 SETTINGS = {("cpu", "sd15"): 128, ("cuda", "sd15"): 512, ("cuda", "sdxl"): 1024}
-
-
-def random_unet(base: str, device: str, dtype: torch.dtype, tiny: bool = False):
-    import comfy.model_patcher
-    import comfy.supported_models
-    from fixtures_builders.sd_models import SD15_UNET, SDXL_UNET, TINY_SD15_UNET, init_random_
-
-    sd15 = TINY_SD15_UNET if tiny else SD15_UNET
-    config = (comfy.supported_models.SD15(sd15) if base == "sd15" else comfy.supported_models.SDXL(SDXL_UNET))
-    config.set_inference_dtype(dtype, None)
-    model = init_random_(config.get_model({}, device="cpu"), 0)
-    return comfy.model_patcher.ModelPatcher(model, torch.device(device), torch.device("cpu"))
+README_MARKER = "training benchmark"
+COLUMNS = ("base", "size", "trainer", "s/step", "ratio vs ComfyUI Train LoRA")
 
 
 def adapter_groups(base: str, unet_layout, facial: bool = False) -> dict:
@@ -120,51 +116,86 @@ def run_comfy_lora(nodes, patcher, base: str, size: int, steps: int, precision: 
     return time.perf_counter() - start
 
 
-def measure(fn, steps: int, device: str) -> tuple[float, float]:
-    """(seconds per step, peak bytes of the N-step run)."""
+def measure(fn, steps: int, device: str) -> dict:
+    """{"step_s": seconds per step, "peak_bytes": peak of the N-step run}."""
     one = fn(1)
     harness.reset_peak(device)
     many = fn(steps)
-    return (many - one) / (steps - 1), harness.peak_bytes(device)
+    return {"step_s": (many - one) / (steps - 1), "peak_bytes": harness.peak_bytes(device)}
 
 
-def main() -> None:
+PARTID, COMFY, OFFICIAL = ("PartID ConsistentID (id_kv + LoRA, loc 0.01)", "ComfyUI Train LoRA (rank 128, all layers)",
+                           "PartID ConsistentID official set (FacialEncoder + ProjPlus + id_kv + LoRA, 5 fused regions)")
+
+
+def render(result: dict) -> str:
+    info, s = result["machine"], result["settings"]
+    lines = []
+    if info["device"] == "cpu":
+        lines += ["**GPU table: not measured yet.** What follows is a CPU run (small images): it shows the format, "
+                  "not the GPU cost. On a CUDA machine `python benchmarks/training.py --device cuda --readme "
+                  "README.md` replaces this block.", ""]
+    lines += [f"Machine: {harness.machine_line(info)}.", "", f"Command: `{s['command']}`", "",
+              f"Batch 1, {s['precision']}, gradient checkpointing {'on' if s['gradient_checkpointing'] else 'off'}, "
+              f"{s['steps']}-step runs minus 1-step runs, median of {s['repeats']} interleaved repeats; random "
+              f"weights, {'tiny UNet: numbers meaningless' if s['tiny'] else 'real UNet sizes'}.", ""]
+    rows = [(r["base"], f"{r['size']}x{r['size']}", r["trainer"], f"{r['step_s']:.3f}", f"{r['ratio']:.2f}",
+             f"{r['peak_mib']:.0f}") for r in result["rows"]]
+    lines.append(harness.markdown_table(COLUMNS + (harness.peak_label(info["device"]),), rows))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--bases", nargs="*", default=None)
-    parser.add_argument("--steps", type=int, default=None, help="steps of the timed run (default: cpu 3, cuda 20)")
+    parser.add_argument("--steps", type=int, default=None, help="steps of the timed run (default: cpu 2, cuda 20)")
+    parser.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default: cpu 1, cuda 3)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--tiny", action="store_true", help="the tiny SD1.5 UNet (a smoke run of the code path)")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, help="folder for training.md / training.json "
+                                                 "(default benchmarks/results/<device>)")
+    parser.add_argument("--readme", type=Path, help="also replace the marked training-benchmark block of this file")
+    args = parser.parse_args(argv)
     harness.cpu_settings(args.threads, False)
     _, nodes, pack = harness.start_comfy(args.device)
     bases = args.bases or (["sd15"] if args.device == "cpu" else ["sd15", "sdxl"])
     steps = args.steps or (2 if args.device == "cpu" else 20)
+    repeats = args.repeats or (1 if args.device == "cpu" else 3)
     precision = "fp32" if args.device == "cpu" else "bf16"
-    rows = []
+    dtype = torch.float32 if args.device == "cpu" else torch.bfloat16
+    ckpt = args.gradient_checkpointing
+    result = {"machine": harness.machine_info(args.device),
+              "settings": {"command": "python benchmarks/training.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                           "steps": steps, "repeats": repeats, "precision": precision, "gradient_checkpointing": ckpt,
+                           "tiny": args.tiny, "batch": 1},
+              "rows": []}
     with harness.heavy_lock(not args.tiny):
         for base in bases:
             size = 64 if args.tiny else SETTINGS[(args.device, base)]
-            dtype = torch.float32 if args.device == "cpu" else torch.bfloat16
-            patcher = random_unet(base, args.device, dtype, args.tiny)
-            for name, fn in (
-                    ("PartID ConsistentID (id_kv + LoRA, loc 0.01)",
-                     lambda n: run_partid(pack, patcher, base, size, n, precision, args.gradient_checkpointing,
-                                          args.tiny)),
-                    ("ComfyUI Train LoRA (rank 128, all layers)",
-                     lambda n: run_comfy_lora(nodes, patcher, base, size, n, precision, args.gradient_checkpointing)),
-                    ("PartID ConsistentID official set (FacialEncoder + ProjPlus + id_kv + LoRA, 5 fused regions)",
-                     lambda n: run_partid(pack, patcher, base, size, n, precision, args.gradient_checkpointing,
-                                          args.tiny, official=True))):
-                per_step, peak = measure(fn, steps, args.device)
-                rows.append((base, f"{size}x{size}", name, f"{per_step:.3f}", f"{peak / 2**20:.0f}"))
-                print(f"{base} {size} {name}: {per_step:.3f} s/step, {harness.peak_label(args.device)} "
-                      f"{peak / 2**20:.0f}", flush=True)
+            patcher = bm.build_base(base, args.tiny, args.device, pack, dtype).model
+            trainers = {
+                PARTID: lambda n: run_partid(pack, patcher, base, size, n, precision, ckpt, args.tiny),
+                COMFY: lambda n: run_comfy_lora(nodes, patcher, base, size, n, precision, ckpt),
+                OFFICIAL: lambda n: run_partid(pack, patcher, base, size, n, precision, ckpt, args.tiny, official=True)}
+            runs = harness.interleaved({name: (lambda fn=fn: measure(fn, steps, args.device))
+                                        for name, fn in trainers.items()}, repeats, warmup=0)
+            comfy_step = harness.median_of(runs[COMFY], "step_s")
+            for name, r in runs.items():
+                step = harness.median_of(r, "step_s")
+                result["rows"].append({"base": base, "size": size, "trainer": name, "step_s": step,
+                                       "ratio": step / comfy_step, "peak_mib": max(x["peak_bytes"] for x in r) / 2 ** 20,
+                                       "step_s_all": [x["step_s"] for x in r]})
+                print(f"{base} {size} {name}: {step:.3f} s/step", flush=True)
             patcher = None   # free the UNet before the next base
-    table = harness.markdown_table(("base", "size", "trainer", "s/step", harness.peak_label(args.device)), rows)
-    print(f"\n{harness.machine(args.device)}, batch 1, {precision}, checkpointing {args.gradient_checkpointing}\n")
-    print(table)
+    text = render(result)
+    md, js = harness.write_results(args.out or harness.REPO / "benchmarks" / "results" / args.device, "training",
+                                   "# PartID training benchmark\n\n" + text, result)
+    if args.readme:
+        harness.update_readme(args.readme, text, README_MARKER)
+    sys.stdout.write("\n" + text + f"\nwrote {md} and {js}\n")
+    return result
 
 
 if __name__ == "__main__":

@@ -72,3 +72,28 @@ def test_append_merges_a_run_split_per_base(harness):
     assert [(r["base"], r.get("step_ms")) for r in merged["sampling"]] == [("sd15", 1.0), ("sdxl", 2.0)]
     assert merged["scaling"] == [{"id_tokens": 4}] and merged["preprocessing"] == {"cid": 1.0, "vp": 2.0}
     assert merged["settings"]["commands"] == ["run --bases sd15", "run --bases sdxl --no-scaling"]
+
+
+def test_append_refuses_runs_measured_differently(harness):
+    import sys
+
+    if str(REPO / "benchmarks") not in sys.path:
+        sys.path.append(str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("partid_benchmark_run_b", REPO / "benchmarks" / "run.py")
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    machine = harness.machine_info("cpu")
+
+    def result(base, **settings):
+        return {"machine": dict(machine), "settings": {"command": f"run --bases {base}", "tiny": False, "steps": 30,
+                                                       "repeats": 3, **settings},
+                "sampling": [{"base": base, "configuration": "plain", "step_ms": 1.0}], "preprocessing": {},
+                "scaling": []}
+
+    assert len(run.merge_previous(result("sdxl"), result("sd15"))["sampling"]) == 2
+    with pytest.raises(ValueError, match=r"settings.steps: 30 then 4"):
+        run.merge_previous(result("sdxl", steps=4), result("sd15"))
+    other = result("sdxl")
+    other["machine"]["torch"] = "0.0"
+    with pytest.raises(ValueError, match=r"machine.torch"):
+        run.merge_previous(other, result("sd15"))

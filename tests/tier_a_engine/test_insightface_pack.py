@@ -14,6 +14,7 @@ from partid.models import insightface_pack as ip
 from partid.models.catalog import by_name
 from partid.models.errors import ModelFileError
 from fixtures_builders.insightface_packs import build_pack
+from partid_rig import REPORT
 
 PACK_NAMES = ("buffalo_l", "antelopev2")
 DET = {"buffalo_l": "det_10g.onnx", "antelopev2": "scrfd_10g_bnkps.onnx"}
@@ -229,3 +230,38 @@ def test_onnx_providers_put_cuda_first_only_when_available(monkeypatch):
     monkeypatch.setattr(ort, "get_available_providers",
                         lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
     assert ip.onnx_providers() == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_full_cost_pack_has_the_released_networks_size_and_the_test_graphs_answers():
+    """The benchmarks' buffalo_l (fixtures_builders/insightface_full.py) against published figures: SCRFD_10G_KPS
+    4.23 M parameters and SCRFD-10GF 9.98 GFLOPs at VGA (insightface detection/scrfd README), w600k_r50.onnx
+    174,383,860 bytes in buffalo_l.zip. Its detector answers exactly as the test graph does."""
+    import onnx
+
+    from fixtures_builders.cache import cached
+    from fixtures_builders.insightface_full import full_pack_root, macs
+    from partid.models.face_analysis import letterbox
+    from partid.models.face_analysis_pack import open_pack
+
+    root = full_pack_root("buffalo_l")
+    folder = root / "models" / "buffalo_l"
+    det = onnx.load(str(folder / "det_10g.onnx"))
+    params = sum(int(np.prod(i.dims)) for i in det.graph.initializer)
+    tiny_params = sum(int(np.prod(i.dims)) for i in onnx.load(
+        str(cached("insightface/models/buffalo_l", lambda p: build_pack(str(p), "buffalo_l")) / "det_10g.onnx")
+    ).graph.initializer)
+    gmacs = macs(det, (480, 640)) / 1e9
+    rec_bytes = os.path.getsize(folder / "w600k_r50.onnx")
+    REPORT.append(f"full-cost buffalo_l: detector {(params - tiny_params) / 1e6:.3f} M parameters (SCRFD_10G_KPS "
+                  f"4.23 M), {gmacs:.2f} GMACs at 640x480 (SCRFD-10GF 9.98 G); w600k_r50.onnx {rec_bytes} bytes "
+                  "(released 174383860)")
+    assert abs((params - tiny_params) / 4.23e6 - 1) < 0.02 and abs(gmacs / 9.98 - 1) < 0.03
+    assert abs(rec_bytes / 174_383_860 - 1) < 1e-3
+    models = open_pack([str(root)], "buffalo_l", "cpu")          # the pack validator accepts its signatures
+    assert set(models.sessions) >= {"detection", "recognition"}
+    tiny = cached("insightface/models/buffalo_l", lambda p: build_pack(str(p), "buffalo_l"))
+    img, _ = letterbox(np.ascontiguousarray(skdata.astronaut()))
+    x = ((img.astype(np.float32) - 127.5) / 128).transpose(2, 0, 1)[None]
+    want = session(str(tiny / "det_10g.onnx")).run(None, {"input.1": x})
+    got = session(str(folder / "det_10g.onnx")).run(None, {"input.1": x})
+    assert max(float(np.abs(a - b).max()) for a, b in zip(want, got)) < 1e-20

@@ -10,6 +10,7 @@ import importlib.util
 import json
 import math
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -100,3 +101,49 @@ def test_visual_persona_preprocess_stage_runs_on_the_nodes(bench_run, model_dirs
     assert all(ms > 0 for ms in stages.values()) and memory == {}      # GPU memory figures: cuda only
     managed = pack(".nodes.managed")
     assert not managed.is_loaded(dino, "_partid_dinov2") and not managed.is_loaded(adapter, "_partid_vp_decoder")
+
+
+def test_consistentid_preprocess_stage_runs_on_the_nodes(bench_run, comfy, model_dirs, sd15_clip_vae):
+    """run.py's ConsistentID preprocessing on the tiny SD1.5 UNet: face analysis, regions, CLIP-H encode, text
+    fusion and apply, each timed; the tokens it hands to the sampling rows are the nodes' outputs."""
+    import harness
+    import torch
+    from fixtures_builders.clip_vision import link_clip_vision
+    from fixtures_builders.photos import astronaut
+    from fixtures_builders.random_weights import random_state
+
+    from partid.models.layouts.consistentid import consistentid_layout
+
+    _, nodes, pack = harness.start_comfy("cpu")
+    bm = sys.modules["bench_models"]
+    comfy.folder_paths.add_model_folder_path("clip_vision", str(link_clip_vision(Path(model_dirs)).parent))
+    (clip_vision,) = nodes.CLIPVisionLoader().load_clip("CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors")
+    base = bm.build_base("sd15", True, "cpu", pack)
+    adapter = bm.consistentid_adapter(base, True, nodes, pack)
+    adapter.groups["FacialEncoder"] = random_state(consistentid_layout("sd15")["FacialEncoder"], 2, torch.float32)
+    photo = torch.from_numpy(astronaut()).float()[None] / 255.0
+    embeds, states, stages = bm.consistentid_preprocess(nodes, pack, photo, clip_vision, base, adapter, "cpu", 1,
+                                                        clip=sd15_clip_vae[0])
+    assert list(stages) == ["face analysis (buffalo_l)", "face regions (BiSeNet @512)",
+                            "ConsistentID encode (CLIP-H)", "text fusion (text encodes + FacialEncoder)",
+                            "apply (ProjPlus ID tokens + patches)"]
+    assert all(ms > 0 for ms in stages.values())
+    assert embeds.shape == (1, 512) and states.states.shape == (1, 257, 1280)
+
+
+def test_training_benchmark_writes_markdown_json_and_readme_block(bench_run, tmp_path):
+    """benchmarks/training.py on the tiny UNet: all three trainers run, ratios are against ComfyUI's Train LoRA."""
+    spec = importlib.util.spec_from_file_location("partid_benchmark_training", BENCH / "training.py")
+    training = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(training)
+    readme = tmp_path / "README.md"
+    readme.write_text("# T\n<!-- training benchmark -->\nold\n<!-- /training benchmark -->\nend\n")
+    result = training.main(["--tiny", "--repeats", "1", "--out", str(tmp_path / "out"), "--readme", str(readme),
+                            "--threads", "1"])
+    data = json.loads((tmp_path / "out" / "training.json").read_text())
+    assert data["rows"] == json.loads(json.dumps(result["rows"]))
+    assert [r["trainer"] for r in data["rows"]] == [training.PARTID, training.COMFY, training.OFFICIAL]
+    assert all(math.isfinite(r["step_s"]) and r["step_s"] > 0 for r in data["rows"])
+    assert data["rows"][1]["ratio"] == 1.0 and data["machine"]["comfyui"] and data["machine"]["torch"]
+    text = readme.read_text()
+    assert "old" not in text and f"| sd15 | 64x64 | {training.COMFY} |" in text and text.endswith("end\n")
