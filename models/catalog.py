@@ -108,7 +108,7 @@ CATALOG: tuple[ModelFile, ...] = (
     ModelFile("visual_persona", "adapter", "identity_adapters", ("weight.bin", "visual_persona.safetensors"),
               licence="see https://github.com/cvlab-kaist/Visual-Persona (research use)",
               source="Google Drive link in the README of https://github.com/cvlab-kaist/Visual-Persona "
-                     "(save as models/visual_persona/weight.bin)",
+                     "(save it as ComfyUI/models/identity_adapters/weight.bin)",
               description="Visual Persona SDXL: body-partitioned decoder + IP key/value"),
     ModelFile("dinov2_vitg14", "dinov2", "dinov2", ("dinov2_vitg14_pretrain.pth",),
               licence="Apache-2.0",

@@ -34,6 +34,7 @@ from ..models.attention.decoupled import (IdentityKeysValues, batch_for_chunks, 
 from ..models.attention.unet_keys import (LORA_PROJECTIONS, BlockKey, cross_attention_blocks_of_module,
                                           processor_targets)
 from ..models.layouts.unet_attention import UNetAttentionConfig
+from ..models.errors import InputError
 
 KeysValues = tuple[torch.Tensor, torch.Tensor]
 
@@ -103,6 +104,7 @@ class IdentityGroup:
     sigma_start / sigma_end: active while sigma_end <= sigma <= sigma_start (see `sigma_window`).
     mask: optional MASK [M, H, W] (any resolution, M 1 or the latent batch) limiting where it acts.
     token_scale: optional scale per token group (e.g. per body part), see expand_token_scale.
+    node: the apply node that made it, named in errors raised while sampling.
     """
 
     source: IdentitySource
@@ -111,6 +113,7 @@ class IdentityGroup:
     sigma_end: float = -math.inf
     mask: torch.Tensor | None = None
     token_scale: torch.Tensor | list[float] | None = None
+    node: str = "PartID apply node"
     _mask_cache: dict = field(default_factory=dict, repr=False)
     _gate: tuple[Any, bool] = field(default=(None, True), repr=False)
 
@@ -136,7 +139,11 @@ class IdentityGroup:
         key = (grid, device, dtype)
         if key not in self._mask_cache:
             self._mask_cache[key] = mask_to_token_grid(self.mask, grid).to(device=device, dtype=dtype)
-        return batch_for_chunks(self._mask_cache[key], chunks, per_chunk, "identity mask")
+        try:
+            return batch_for_chunks(self._mask_cache[key], chunks, per_chunk, "the mask")
+        except ValueError as exc:    # only the latent batch tells: raised at the first sampled step
+            raise InputError(self.node, "mask", f"{exc}.", "give one mask for every image, or one mask per image "
+                             "of the latent batch.") from exc
 
     def scale_vector(self):
         if self.token_scale is None:

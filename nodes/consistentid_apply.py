@@ -27,7 +27,8 @@ from ..models.layouts.unet_attention import UNETS, UNetAttentionConfig
 from . import canvas_ui, managed, types
 from .attention_patch import (IdentityGroup, IdentitySource, add_adapter_lora, install_identity_group,
                               ip_weights_by_block, sigma_window)
-from .validate import require_choice
+from .face_analysis import SKIPPED_ATTR
+from .validate import check_identity_mask, require_choice
 
 NODE = "PartID ConsistentID Apply"
 _CACHE_ATTR = "_partid_proj_plus"     # managed.Managed (ProjPlus) kept on the adapter object
@@ -61,6 +62,13 @@ def check_inputs(model, adapter, embeddings, image_states) -> UNetAttentionConfi
     if not all(hasattr(image_states, a) for a in ("states", "uncond_states")) or hasattr(image_states, "present"):
         raise InputError(NODE, "image_states", "this input is not PartID ConsistentID image states.",
                          "connect the image_states output of PartID ConsistentID Encode.")
+    skipped, rows, refs = getattr(embeddings, SKIPPED_ATTR, ()), embeddings.shape[0] if embeddings.ndim == 2 else 1, \
+        image_states.states.shape[0]
+    if skipped and rows != refs:      # a 1-row broadcast would silently give one person's face to another image
+        raise InputError(NODE, "embeddings", f"PartID Face Analysis (on_no_face=skip) dropped batch index(es) "
+                         f"{', '.join(map(str, skipped))}, so its {rows} embedding row(s) no longer pair with the "
+                         f"{refs} reference image(s) of image_states.", "feed Face Analysis' images output (the "
+                         "kept images) to Face Regions and ConsistentID Encode, or choose on_no_face=bypass.")
     return UNETS[base]
 
 
@@ -86,7 +94,7 @@ def apply_consistentid(model, adapter, embeddings, image_states, weight: float =
             add_adapter_lora(patched, modules, layout)
         source = IdentitySource({0: cond, 1: uncond}, weights)
         sigma_start, sigma_end = sigma_window(patched, start_at, end_at)
-        install_identity_group(patched, IdentityGroup(source, weight, sigma_start, sigma_end, mask=mask))
+        install_identity_group(patched, IdentityGroup(source, weight, sigma_start, sigma_end, mask=mask, node=NODE))
     except ValueError as exc:
         raise InputError(NODE, "model", str(exc) + ".", "connect the base model the adapter was made for.") from exc
     return patched
@@ -130,6 +138,7 @@ class ConsistentIDApply(io.ComfyNode):
             raise InputError(NODE, "start_at", f"start_at {start_at} is after end_at {end_at}.",
                              "make start_at smaller than end_at.")
         check_inputs(model, adapter, embeddings, image_states)
+        check_identity_mask(NODE, mask)
         empty = cid_identity.zero_embedding_rows(embeddings)
         if empty:
             logging.warning("[PartID] %s: embeddings row(s) %s are zero (no face found); their ID tokens carry "

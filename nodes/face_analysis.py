@@ -1,16 +1,20 @@
-"""ComfyUI glue for face analysis (models/face_analysis.py does the work)."""
+"""ComfyUI glue for face analysis (models/face_analysis.py does the work) and its boxes (models/face_boxes.py)."""
 from __future__ import annotations
 
 import torch
 from comfy_api.latest import io
 
 from ..models import face_analysis as engine
+from ..models import face_boxes
 from ..models.errors import InputError
 from ..models.face_previews import draw_faces
 from ..models.images import from_uint8_hwc, to_rgb_batch, to_uint8_hwc
 from . import types
+from .validate import require_choice
 
 NODE = engine.NODE
+BOXES_NODE = "PartID Face Boxes"
+SKIPPED_ATTR = "partid_skipped"   # on the embeddings tensor: input batch indices on_no_face=skip dropped
 
 class FaceAnalysis(io.ComfyNode):
     @classmethod
@@ -49,6 +53,9 @@ class FaceAnalysis(io.ComfyNode):
                 io.Int.Output(display_name="face_count", tooltip="Faces found in all kept images together."),
                 io.Image.Output(display_name="preview", tooltip="Every input image with boxes and 5 points; the "
                                 "chosen face in green."),
+                io.Image.Output(display_name="images", tooltip="The kept images (all of them unless on_no_face=skip "
+                                "dropped some), row for row with the embeddings: feed these to the parsing and "
+                                "encode nodes so references stay paired."),
             ],
         )
 
@@ -72,7 +79,37 @@ class FaceAnalysis(io.ComfyNode):
                                         result.selected[by_source[b]] if b in by_source else None))
             for b, frame in enumerate(frames)])
         embeds = torch.from_numpy(result.embeddings(normed=True))
-        return io.NodeOutput(result, embeds, result.face_count, preview)
+        # The apply node refuses to pair these rows with a reference batch they no longer match (see
+        # consistentid_apply.check_inputs); an attribute travels with the tensor object through the graph.
+        setattr(embeds, SKIPPED_ATTR, tuple(result.skipped))
+        return io.NodeOutput(result, embeds, result.face_count, preview, rgb[result.source_indices])
 
 
-NODES = [FaceAnalysis]
+class FaceBoxes(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PartIDFaceBoxes", display_name=BOXES_NODE, category="PartID/face",
+            description="The boxes and five points PartID Face Analysis found, as a MASK per kept image (the chosen "
+                        "face, or every face) and as JSON text (boxes, points, scores, which face was chosen).",
+            inputs=[types.Faces.Input("faces", tooltip="The faces output of PartID Face Analysis."),
+                    io.Combo.Input("which", options=list(face_boxes.WHICH), default="chosen",
+                                   tooltip="chosen: the face each image gives its embedding; all: every face found."),
+                    io.Float.Input("grow", default=0.0, min=0.0, max=2.0, step=0.05,
+                                   tooltip="Enlarge each box by this fraction of its width/height on every side.")],
+            outputs=[io.Mask.Output(display_name="mask", tooltip="[kept images, H, W]: 1 inside the box(es)."),
+                     io.String.Output(display_name="json", tooltip="Per kept image: batch_index, size, chosen, and "
+                                      "each face's box [x1, y1, x2, y2], points [[x, y] x 5] and score.")],
+        )
+
+    @classmethod
+    def execute(cls, faces, which="chosen", grow=0.0):
+        if not isinstance(faces, engine.FaceAnalysisResult):
+            raise InputError(BOXES_NODE, "faces", f"expected PartID Face Analysis faces, got {type(faces).__name__}.",
+                             "connect the faces output of PartID Face Analysis.")
+        require_choice(BOXES_NODE, "which", which, face_boxes.WHICH)
+        masks = face_boxes.box_masks(faces, which, grow)
+        return io.NodeOutput(torch.from_numpy(masks), face_boxes.faces_json(faces))
+
+
+NODES = [FaceAnalysis, FaceBoxes]

@@ -8,3 +8,17 @@ def require_choice(node: str, input_name: str, value, options) -> None:
     if value not in options:
         raise InputError(node, input_name, f"'{value}' is not one of {', '.join(map(str, options))}.",
                          "pick one of the listed values (an edited or older workflow may hold a stale value).")
+
+
+def check_identity_mask(node: str, mask) -> None:
+    """An apply node's optional MASK: [H, W] or [M, H, W] (M is 1 or the latent batch, checked when sampling)."""
+    if mask is None:
+        return
+    import torch
+
+    if not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 3) or min(mask.shape[-2:]) < 1:
+        shape = list(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise InputError(node, "mask", f"expected a MASK [H, W] or [batch, H, W], got {shape}.",
+                         "connect a MASK output (e.g. Load Image's mask, a Solid Mask or PartID Body Parts).")
+    if not torch.isfinite(mask).all():
+        raise InputError(node, "mask", "the mask holds NaN or infinite values.", "connect a mask with values in 0..1.")

@@ -370,3 +370,31 @@ def test_progress_is_reported(blob_models):
     seen = []
     fa.analyze(blob_models, _batch()[:2], on_no_face="bypass", progress=lambda v, t: seen.append((v, t)))
     assert seen == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_face_boxes_masks_and_record_on_hand_made_results():
+    """models/face_boxes.py on known boxes: pixel extents (floor/ceil), growth clipped at the border, 'all' vs
+    'chosen', a bypassed image (no chosen face) empty, and the JSON record of boxes, points and scores."""
+    import json as _json
+
+    from partid.models import face_boxes
+    from partid.models.face_analysis import Face, FaceAnalysisResult
+
+    kps = np.arange(10, dtype=np.float32).reshape(5, 2)
+    a = Face(np.array([2.5, 3.0, 6.0, 8.2], np.float32), kps, 0.9)
+    b = Face(np.array([0.0, 0.0, 2.0, 2.0], np.float32), kps + 1, 0.6)
+    result = FaceAnalysisResult([[a, b], [b]], [0, None], [0, 2], [(10, 12), (10, 12)], skipped=[1], pack="buffalo_l")
+    chosen = face_boxes.box_masks(result)
+    assert chosen.shape == (2, 10, 12) and not chosen[1].any()
+    ys, xs = np.nonzero(chosen[0])
+    assert (xs.min(), xs.max(), ys.min(), ys.max()) == (2, 5, 3, 8)        # x 2.5..6 -> 2..5, y 3..8.2 -> 3..8
+    grown = face_boxes.box_masks(result, "all", grow=0.5)
+    ys, xs = np.nonzero(grown[0])
+    assert (xs.min(), xs.max(), ys.min(), ys.max()) == (0, 7, 0, 9)        # a: x 0.75..7.75, y 0.4..10.8 (clipped)
+    assert grown[1].sum() == 9                                              # b alone: 0..3 x 0..3 after growing 1 px
+    record = _json.loads(face_boxes.faces_json(result))
+    assert record["skipped_batch_indices"] == [1] and [i["batch_index"] for i in record["images"]] == [0, 2]
+    assert record["images"][0]["faces"][0] == {"box": [2.5, 3.0, 6.0, 8.2], "points": kps.tolist(), "score": 0.9}
+    assert record["images"][1]["chosen"] is None and len(record["images"][1]["faces"]) == 1
+    with pytest.raises(ValueError, match="which"):
+        face_boxes.box_masks(result, "largest")

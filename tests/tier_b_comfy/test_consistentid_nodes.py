@@ -279,6 +279,24 @@ def test_wrong_base_and_wrong_inputs_are_refused_with_node_and_input(comfy, chai
         run(comfy, "PartIDConsistentIDEncode", clip_vision=object(), image=torch.zeros(1, 64, 64, 3))
 
 
+def test_embeddings_thinned_by_skip_do_not_pair_with_the_full_reference_batch(comfy, chain, photo):
+    """on_no_face=skip drops a reference's embedding row; a 1-row result must not be broadcast over both reference
+    images (the faceless one would get the other's face): Apply refuses and names Face Analysis' images output,
+    which pairs row for row."""
+    from partid.models.consistentid.region_images import ImageStates
+
+    (analyzer,) = run(comfy, "PartIDFaceAnalysisLoader", pack="buffalo_l", provider="cpu")
+    grey = torch.full_like(photo, 0.5)         # the random detector scores it 0.2003: no face at 0.201
+    faces, embeds, _, _, kept = run(comfy, "PartIDFaceAnalysis", analyzer=analyzer, image=torch.cat([grey, photo]),
+                                    det_thresh=0.201, on_no_face="skip")
+    assert faces.skipped == [0] and embeds.shape == (1, 512) and torch.equal(kept, photo)
+    two = ImageStates(chain.image_states.states.expand(2, -1, -1), chain.image_states.uncond_states)
+    with pytest.raises(ValueError, match=r"input 'embeddings'.*on_no_face=skip\) dropped batch index\(es\) 0.*"
+                                         r"images output"):
+        apply(comfy, chain, embeddings=embeds, image_states=two)
+    assert apply(comfy, chain, embeddings=embeds) is not None      # one kept image, one reference: paired
+
+
 # --- SDXL -------------------------------------------------------------------------------------------------------
 
 def sdxl_adapter(layout, seed=0):

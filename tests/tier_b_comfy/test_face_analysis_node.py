@@ -42,15 +42,16 @@ def test_node_schema(comfy):
     assert info["display_name"] == "PartID Face Analysis"
     assert list(info["input"]["required"]) == ["analyzer", "image", "det_thresh", "min_face_size", "face_select",
                                                "face_index", "on_no_face", "color_order"]
-    assert info["output"] == ["PARTID_FACES", "PARTID_FACE_EMBEDS", "INT", "IMAGE"]
-    assert info["output_name"] == ["faces", "embeddings", "face_count", "preview"]
+    assert info["output"] == ["PARTID_FACES", "PARTID_FACE_EMBEDS", "INT", "IMAGE", "IMAGE"]
+    assert info["output_name"] == ["faces", "embeddings", "face_count", "preview", "images"]
     color = info["input"]["required"]["color_order"][1]
     assert color["options"] == ["BGR", "RGB"] and "ConsistentID SD1.5" in color["tooltip"]
 
 
 def test_group_photo_matches_insightface(comfy, analyzer, photo):
-    (faces, embeds, count, preview), _ = comfy.run(node(comfy, "PartIDFaceAnalysis"), analyzer=analyzer,
-                                                   image=as_image(photo), **OPTIONS)
+    (faces, embeds, count, preview, kept), _ = comfy.run(node(comfy, "PartIDFaceAnalysis"), analyzer=analyzer,
+                                                         image=as_image(photo), **OPTIONS)
+    assert torch.equal(kept, as_image(photo))
     ref = np.load(REFERENCE)
     run = "buffalo_l__t1__BGR__0"
     assert count == len(ref[run + "__score"]) == 5 and faces.present == [True] and faces.selected == [0]
@@ -67,7 +68,7 @@ def test_group_photo_matches_insightface(comfy, analyzer, photo):
 @pytest.mark.parametrize("face_select,face_index", [("largest", 0), ("left-to-right", 2)])
 def test_face_select_picks_the_same_face_as_the_engine_rule(comfy, analyzer, photo, face_select, face_index):
     options = dict(OPTIONS, face_select=face_select, face_index=face_index)
-    (faces, embeds, _, _), _ = comfy.run(node(comfy, "PartIDFaceAnalysis"), analyzer=analyzer,
+    (faces, embeds, *_), _ = comfy.run(node(comfy, "PartIDFaceAnalysis"), analyzer=analyzer,
                                          image=as_image(photo), **options)
     boxes = np.array([f.bbox for f in faces.faces[0]])
     key = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) if face_select == "largest" else \
@@ -82,8 +83,9 @@ def _gray(photo):
 
 def test_bypass_is_visible_downstream(comfy, analyzer, photo):
     options = dict(OPTIONS, det_thresh=0.201, on_no_face="bypass")
-    (faces, embeds, count, preview), _ = comfy.run(node(comfy, "PartIDFaceAnalysis"), analyzer=analyzer,
-                                                   image=as_image(photo, _gray(photo)), **options)
+    (faces, embeds, count, preview, kept), _ = comfy.run(node(comfy, "PartIDFaceAnalysis"), analyzer=analyzer,
+                                                         image=as_image(photo, _gray(photo)), **options)
+    assert torch.equal(kept, as_image(photo, _gray(photo)))
     assert faces.present == [True, False] and faces.source_indices == [0, 1] and count == 2
     assert embeds.shape == (2, 512) and not embeds[1].any() and embeds[0].norm() == pytest.approx(1.0, abs=1e-5)
     assert preview.shape[0] == 2
@@ -92,9 +94,10 @@ def test_bypass_is_visible_downstream(comfy, analyzer, photo):
 def test_skip_drops_the_image_and_logs_it(comfy, analyzer, photo, caplog):
     options = dict(OPTIONS, det_thresh=0.201, on_no_face="skip")
     with caplog.at_level(logging.WARNING):
-        (faces, embeds, count, preview), _ = comfy.run(node(comfy, "PartIDFaceAnalysis"), analyzer=analyzer,
-                                                       image=as_image(_gray(photo), photo), **options)
+        (faces, embeds, count, preview, kept), _ = comfy.run(node(comfy, "PartIDFaceAnalysis"), analyzer=analyzer,
+                                                             image=as_image(_gray(photo), photo), **options)
     assert faces.source_indices == [1] and faces.skipped == [0] and embeds.shape == (1, 512)
+    assert torch.equal(kept, as_image(photo))                   # the kept images pair row for row
     assert "batch index 0" in caplog.text and "on_no_face=skip" in caplog.text
     assert preview.shape[0] == 2                                # the preview shows every input image
 
@@ -110,7 +113,32 @@ def test_no_face_error_names_node_input_and_batch_index(comfy, analyzer, photo):
 
 def test_rgba_input_and_a_wrong_analyzer(comfy, analyzer, photo):
     rgba = torch.cat([as_image(photo), torch.ones(1, *photo.shape[:2], 1)], dim=-1)
-    (faces, _, count, _), _ = comfy.run(node(comfy, "PartIDFaceAnalysis"), analyzer=analyzer, image=rgba, **OPTIONS)
+    (faces, _, count, *_), _ = comfy.run(node(comfy, "PartIDFaceAnalysis"), analyzer=analyzer, image=rgba, **OPTIONS)
     assert count == 5
     with pytest.raises(Exception, match="connect PartID Face Analysis Loader"):
         comfy.run(node(comfy, "PartIDFaceAnalysis"), analyzer="buffalo_l", image=rgba, **OPTIONS)
+
+
+def test_face_boxes_give_the_detections_as_masks_and_json(comfy, analyzer, photo):
+    """PartID Face Boxes: the chosen box (and every box) as a MASK at the image's size, and the boxes, five points
+    and scores as JSON, equal to the faces output they come from."""
+    (faces, *_), _ = comfy.run(node(comfy, "PartIDFaceAnalysis"), analyzer=analyzer,
+                               image=as_image(photo, _gray(photo)), **dict(OPTIONS, det_thresh=0.201, on_no_face="bypass"))
+    boxes = node(comfy, "PartIDFaceBoxes")
+    (chosen, text), _ = comfy.run(boxes, faces=faces)
+    (every, _), _ = comfy.run(boxes, faces=faces, which="all", grow=0.1)
+    h, w = photo.shape[:2]
+    assert chosen.shape == every.shape == (2, h, w) and not chosen[1].any()    # no face in the grey image
+    x1, y1, x2, y2 = faces.faces[0][faces.selected[0]].bbox
+    ys, xs = torch.nonzero(chosen[0], as_tuple=True)
+    assert abs(int(xs.min()) - x1) <= 1 and abs(int(xs.max()) + 1 - x2) <= 1
+    assert abs(int(ys.min()) - y1) <= 1 and abs(int(ys.max()) + 1 - y2) <= 1
+    assert every[0].sum() > chosen[0].sum() and (every[0] >= chosen[0]).all()
+    record = json.loads(text)
+    image0 = record["images"][0]
+    assert [r["batch_index"] for r in record["images"]] == [0, 1] and image0["chosen"] == faces.selected[0]
+    assert len(image0["faces"]) == len(faces.faces[0]) and record["images"][1]["faces"] == []
+    assert np.allclose(image0["faces"][0]["box"], faces.faces[0][0].bbox, atol=0.01)
+    assert np.allclose(image0["faces"][0]["points"], faces.faces[0][0].kps, atol=0.01)
+    with pytest.raises(ValueError, match="PartID Face Boxes, input 'faces'"):
+        comfy.run(boxes, faces="not faces")

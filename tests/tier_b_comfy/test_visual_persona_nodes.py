@@ -379,6 +379,53 @@ def test_stacks_with_a_consistentid_style_group(comfy, sdxl, small, identity):
     assert not torch.equal(out, sample(vp_only)) and not torch.equal(out, sample(base))
 
 
+def test_a_fine_tuned_unet_group_replaces_the_unet_weights_on_the_clone_only(comfy, sdxl, small, identity):
+    """weight.bin's optional `unet` group (diffusers keys, loaded into the UNet by the released loader) becomes
+    "set" weight patches: every UNet weight takes the file's value while the patched model is loaded, the base
+    model's weights stay as they were, and a tensor that does not fit is refused naming the adapter input."""
+    import comfy.model_management as mm
+    import comfy.utils
+
+    from partid.models import model_files
+
+    _, adapter = small
+    to_comfy = comfy.utils.unet_to_diffusers(sdxl.model.model_config.unet_config)
+    base = {k: v.clone() for k, v in sdxl.model.state_dict().items() if k.startswith("diffusion_model.")}
+    # ComfyUI's table also maps class_embedding.* onto SDXL's label_emb (as add_embedding.*): one name per weight.
+    names = {}
+    for d, c in sorted(to_comfy.items()):
+        names.setdefault(f"diffusion_model.{c}", d)
+    unet = {d: base[c] + rand(*base[c].shape, seed=i % 7, scale=0.01)
+            for i, (c, d) in enumerate(names.items()) if c in base}
+    assert {f"diffusion_model.{to_comfy[d]}" for d in unet} == set(base)      # a whole UNet, in diffusers keys
+    tuned = model_files.AdapterWeights(adapter.format, "tuned_vp.bin", {**adapter.groups, "unet": unet})
+    patched = apply(sdxl, tuned, identity)
+    assert len(patched.patches) == len(base) and len(attn2(patched)) == 70
+    assert not torch.equal(sample(patched), sample(apply(sdxl, adapter, identity)))
+    mm.load_models_gpu([patched], force_full_load=True)
+    now = patched.model.state_dict()
+    assert all(torch.equal(now[f"diffusion_model.{to_comfy[d]}"], t) for d, t in unet.items())
+    mm.load_models_gpu([sdxl], force_full_load=True)                         # the base again: patches taken out
+    now = sdxl.model.state_dict()
+    assert all(torch.equal(now[k], v) for k, v in base.items())
+    key = next(iter(unet))
+    wrong = model_files.AdapterWeights(adapter.format, "tuned_vp.bin",
+                                       {**adapter.groups, "unet": {**unet, key: torch.zeros(3), "not.a.weight": torch.zeros(1)}})
+    with pytest.raises(ValueError, match=r"input 'adapter'.*'unet' group.*2 of .*not.a.weight.*\(no such weight\)"):
+        apply(sdxl, wrong, identity)
+
+
+def test_a_mask_that_does_not_fit_is_refused_naming_the_node(comfy, sdxl, small, identity):
+    """A malformed MASK is refused when the node runs; a mask batch that fits no latent batch (known only when
+    sampling starts) stops the first step with the node and input named, not a bare tensor error."""
+    _, adapter = small
+    with pytest.raises(ValueError, match=r"PartID Visual Persona Apply, input 'mask'.*\[1, 1, 8, 8\]"):
+        run(comfy, APPLY, model=sdxl, adapter=adapter, identity=identity, mask=torch.ones(1, 1, 8, 8))
+    with pytest.raises(ValueError, match=r"PartID Visual Persona Apply, input 'mask'.*batch 3.*latent batch is 1"):
+        sample(apply(sdxl, adapter, identity, mask=torch.ones(3, 8, 8)))
+    assert torch.isfinite(sample(apply(sdxl, adapter, identity, mask=torch.ones(1, 8, 8)))).all()
+
+
 def test_apply_refuses_non_sdxl_models_and_wrong_inputs(comfy, small, identity):
     from fixtures_builders.sd_models import tiny_sd15_patcher
 
