@@ -29,3 +29,22 @@ class LabelMap:
         for name in names:
             out = torch.maximum(out, (self.maps == self.index_of(name)).float())
         return out
+
+    def within(self, mask: torch.Tensor) -> "LabelMap":
+        """This map with every pixel outside `mask` (MASK [H, W] or [1 or B, H, W], any size, >= 0.5 inside after
+        a bilinear resize) set to label 0, the parsers' background: e.g. one person of several, or a cutout."""
+        from .labels import normalise
+
+        if normalise(self.labels[0]) != "background":
+            raise ValueError(f"label 0 of this map is {self.labels[0]!r}, not the background")
+        m = mask.float().to(self.maps.device)
+        m = m.unsqueeze(0) if m.ndim == 2 else m
+        b = self.maps.shape[0]
+        if m.ndim != 3 or m.shape[0] not in (1, b):
+            raise ValueError(f"the mask has shape {list(mask.shape)} for {b} image(s)")
+        if tuple(m.shape[-2:]) != tuple(self.maps.shape[-2:]):
+            m = torch.nn.functional.interpolate(m[:, None], size=tuple(self.maps.shape[-2:]), mode="bilinear",
+                                                align_corners=False)[:, 0]
+        inside = (m >= 0.5).expand(b, -1, -1)
+        return LabelMap(torch.where(inside, self.maps, torch.zeros_like(self.maps)), self.labels, self.source)
+

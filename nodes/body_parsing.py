@@ -1,10 +1,12 @@
 """ComfyUI glue for body parsing (models/body_parsing.py, body_parts.py and label_select.py do the work)."""
 from __future__ import annotations
 
+import torch
 from comfy_api.latest import io
 
 from ..models import body_parts as parts
 from ..models.body_parsing import parse_body
+from ..models.errors import InputError
 from ..models.label_select import SELECTABLE, select_labels, sets_with
 from . import canvas_ui, managed, types
 
@@ -23,8 +25,13 @@ class BodyParts(io.ComfyNode):
                         "lower (skirt, pants, belt, legs), shoes.",
             inputs=[
                 types.BodyParser.Input("parser", tooltip="From PartID Body Parser Loader."),
-                io.Image.Input("image", tooltip="One or more photos of a person; RGBA (alpha ignored) and "
-                                                "grayscale work."),
+                io.Image.Input("image", tooltip="One or more photos of a person; RGBA (alpha ignored: route it "
+                                                "through core Convert Image to Mask, channel alpha, into person_mask) "
+                                                "and grayscale work."),
+                io.Mask.Input("person_mask", optional=True,
+                              tooltip="Optional: only this area can be the person (white); everything outside "
+                                      "counts as background. Pick one person of several, or use a cutout's alpha "
+                                      "or a background-removal mask."),
             ],
             outputs=[
                 io.Mask.Output("full_body", display_name="full_body"),
@@ -38,8 +45,17 @@ class BodyParts(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, parser, image):
+    def execute(cls, parser, image, person_mask=None):
         label_map, rgb = parse_body(parser, image, None, BODY_NODE, engine_for=managed.body_parser)
+        if person_mask is not None:
+            if not isinstance(person_mask, torch.Tensor):
+                raise InputError(BODY_NODE, "person_mask", f"expected a MASK, got {type(person_mask).__name__}.",
+                                 "connect a MASK output.")
+            try:
+                label_map = label_map.within(person_mask)
+            except ValueError as exc:
+                raise InputError(BODY_NODE, "person_mask", f"{exc}.", "give one mask, or one per image of the "
+                                 "batch.") from exc
         found = parts.body_parts(label_map)
         preview = parts.preview(label_map, rgb)
         # The preview and its legend also go to the canvas (web/partid.js), as core PreviewImage does.

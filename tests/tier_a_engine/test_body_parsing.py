@@ -295,3 +295,22 @@ def test_select_labels():
     seg_face = LabelMap(torch.zeros(1, 4, 4, dtype=torch.int64), tuple(n for n in ("background", "skin", "nose")))
     assert select_labels(seg_face, {"background": True}).sum() == 16
     assert input_id("Upper-clothes") == "upper_clothes" and normalise("upper_clothes") == normalise("Upper-clothes")
+
+
+def test_label_map_within_a_mask_is_background_outside_it():
+    """LabelMap.within on a hand-made map: labels kept where the (resized) mask is >= 0.5, background elsewhere,
+    one mask for a batch or one per image; a map whose label 0 is not the background is refused."""
+    from partid.models.labels import ATR
+    from partid.models.parsing import LabelMap
+
+    maps = torch.tensor([[[4, 4, 5, 5], [4, 4, 5, 5]], [[9, 9, 9, 9], [1, 1, 1, 1]]])
+    lm = LabelMap(maps, ATR, "hand-made")
+    left = torch.tensor([[1.0, 0.6, 0.4, 0.0]]).expand(2, 4)
+    assert lm.within(left).maps.tolist() == [[[4, 4, 0, 0], [4, 4, 0, 0]], [[9, 9, 0, 0], [1, 1, 0, 0]]]
+    per_image = torch.stack([torch.ones(2, 4), torch.tensor([[0.0] * 4, [1.0] * 4])])
+    assert lm.within(per_image).maps.tolist() == [maps[0].tolist(), [[0, 0, 0, 0], [1, 1, 1, 1]]]
+    assert lm.within(torch.ones(1, 8, 8)).maps.tolist() == maps.tolist()             # resized, all inside
+    with pytest.raises(ValueError, match=r"\[3, 2, 4\] for 2 image"):
+        lm.within(torch.ones(3, 2, 4))
+    with pytest.raises(ValueError, match="not the background"):
+        LabelMap(maps, ("hat",) + ATR[1:], "x").within(left)

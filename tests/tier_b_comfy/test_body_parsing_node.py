@@ -40,6 +40,7 @@ def test_node_schemas(comfy):
     info = node(comfy, "PartIDBodyParts").GET_NODE_INFO_V1()
     assert info["display_name"] == "PartID Body Parts"
     assert list(info["input"]["required"]) == ["parser", "image"]
+    assert info["input"]["optional"]["person_mask"][0] == "MASK"
     assert info["input"]["required"]["parser"][0] == "PARTID_BODY_PARSER"
     assert info["output"] == ["MASK"] * 5 + ["PARTID_LABEL_MAP", "IMAGE"]
     assert info["output_name"] == list(PARTS) + ["label_map", "preview"]
@@ -77,6 +78,27 @@ def test_body_parts_batch_rgba(comfy, load, astronaut):
     rgba = torch.cat([rgba, torch.ones(2, 256, 384, 1)], -1)
     result, _ = comfy.run(node(comfy, "PartIDBodyParts"), parser=load("schp_atr_onnx"), image=rgba)
     assert result[0].shape == (2, 256, 384) and result[5].maps.shape == (2, 256, 384)
+
+
+def test_person_mask_limits_every_part_to_it(comfy, load, astronaut):
+    """person_mask (e.g. an RGBA cutout's alpha through core Convert Image to Mask): outside it every pixel is
+    background, inside the parse is unchanged; a mask of another size is resized to the image."""
+    parser = load("schp_atr_onnx")
+    (*plain, plain_map, _), _ = comfy.run(node(comfy, "PartIDBodyParts"), parser=parser, image=astronaut)
+    rgba = torch.cat([astronaut, torch.zeros(1, 512, 512, 1)], -1)
+    rgba[:, :, :256, 3] = 1.0                                   # opaque left half
+    from comfy_extras.nodes_mask import ImageToMask                # core Convert Image to Mask
+
+    (alpha,) = ImageToMask().image_to_mask(rgba, "alpha")
+    (*masked, masked_map, _), _ = comfy.run(node(comfy, "PartIDBodyParts"), parser=parser, image=rgba,
+                                            person_mask=alpha[:, ::4, ::4])   # 128x128: resized to the image
+    assert plain[0][:, :, 256:].any(), "the random parser labels some body on the right half"
+    assert torch.equal(masked_map.maps[:, :, :256], plain_map.maps[:, :, :256])
+    assert not masked_map.maps[:, :, 256:].any()
+    for a, b in zip(plain, masked):
+        assert torch.equal(b[:, :, :256], a[:, :, :256]) and not b[:, :, 256:].any()
+    with pytest.raises(ValueError, match=r"PartID Body Parts, input 'person_mask'.*\[3, 8, 8\] for 1 image"):
+        comfy.run(node(comfy, "PartIDBodyParts"), parser=parser, image=astronaut, person_mask=torch.ones(3, 8, 8))
 
 
 def test_select_labels_toggles(comfy, load, astronaut):
