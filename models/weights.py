@@ -38,7 +38,7 @@ def load_state_dict(path: str, device: str | torch.device = "cpu") -> dict:
                                  "Fix: download the file again; it may be truncated.") from exc
     if lower.endswith(PICKLE_SUFFIXES):
         try:
-            data = torch.load(path, map_location=device, weights_only=True)
+            data = _torch_load(path, device)
         except pickle.UnpicklingError as exc:
             raise UnsafeCheckpointError(
                 f"[PartID] {path} is a pickle that needs Python code to load, and PartID only loads "
@@ -55,6 +55,22 @@ def load_state_dict(path: str, device: str | torch.device = "cpu") -> dict:
         return dict(data)
     raise ModelFileError(f"[PartID] {path}: unsupported weight file type; expected one of "
                          f"{', '.join(WEIGHT_SUFFIXES)}.")
+
+
+def _torch_load(path: str, device: str | torch.device):
+    """torch.load(weights_only=True), memory-mapped when the file allows it (zip format, CPU).
+
+    Mapped tensors are backed by the file, not by the process's own memory: the fp32 state of a large
+    checkpoint (DINOv2 ViT-g/14: 4.5 GB) that a node output keeps alive costs page cache the OS can
+    drop, not RAM, once a network has been built from it in another dtype or on the GPU.
+    """
+    if torch.device(device).type == "cpu":
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap can only be used" not in str(exc):      # a legacy (non-zip) file: read it whole below
+                raise
+    return torch.load(path, map_location=device, weights_only=True)
 
 
 def flatten(state: Mapping, prefix: str = "") -> dict[str, torch.Tensor]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+import os
 
 import pytest
 import torch
@@ -73,3 +74,21 @@ def test_sha256(tmp_path):
     p = tmp_path / "f"
     p.write_bytes(b"abc")
     assert sha256_of(str(p)) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="Linux /proc needed to see the mapping")
+def test_zip_pickles_are_memory_mapped_and_legacy_ones_still_load(tmp_path):
+    """A zip-format .pth is read memory-mapped (its tensors are pages of the file, listed in /proc/self/maps,
+    not copies in the process's memory); a legacy-format file, which cannot be mapped, is read whole."""
+    zipped, legacy = tmp_path / "zipped_weights.pth", tmp_path / "legacy_weights.pth"
+    tensor = torch.arange(300_000, dtype=torch.float32)
+    torch.save({"w": tensor}, zipped)
+    torch.save({"w": tensor}, legacy, _use_new_zipfile_serialization=False)
+    mapped = load_state_dict(str(zipped))
+    with open("/proc/self/maps") as maps:
+        assert str(zipped) in maps.read()
+    assert torch.equal(mapped["w"], tensor)
+    whole = load_state_dict(str(legacy))
+    with open("/proc/self/maps") as maps:
+        assert str(legacy) not in maps.read()
+    assert torch.equal(whole["w"], tensor)
