@@ -38,8 +38,10 @@ class FaceAnalysis(io.ComfyNode):
                 io.Int.Input("face_index", default=0, min=0, max=255,
                              tooltip="0 = first face in the face_select order."),
                 io.Combo.Input("on_no_face", options=list(engine.ON_NO_FACE), default="error",
-                               tooltip="error: stop and name the image; skip: drop the image (logged); bypass: keep "
-                                       "it with no face (zero embedding, marked absent for later nodes)."),
+                               tooltip="error: stop and name the image; skip: drop the image (logged; feed the "
+                                       "images output on so references stay paired); bypass: keep it with a zero "
+                                       "embedding (ConsistentID then uses only its CLIP image, as the official "
+                                       "pipelines do without a face)."),
                 io.Combo.Input("color_order", options=list(engine.COLOR_ORDERS), default="BGR",
                                tooltip="BGR = correct insightface input (what cv2.imread gives it). RGB = the "
                                        "ConsistentID SD1.5 inference quirk: RGB fed where insightface expects BGR. "
