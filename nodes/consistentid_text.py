@@ -94,7 +94,7 @@ def present_regions_of(regions) -> tuple[str, ...]:
     for name in ("states", "present", "uncond_states"):
         if not hasattr(regions, name):
             raise InputError(NODE, "regions", "this input is not PartID ConsistentID region states.",
-                             "connect the regions output of the PartID ConsistentID region node.")
+                             "connect the regions output of PartID ConsistentID Encode.")
     rows = {regions.present_regions(b) for b in range(regions.states.shape[0])}
     if len(rows) != 1:
         raise InputError(NODE, "regions", f"the reference images have different regions ({sorted(rows)}), which "
@@ -129,8 +129,10 @@ class ConsistentIDTextFusion(io.ComfyNode):
                                         "markers, each marks the word before it."),
                 io.String.Input("negative", multiline=True, dynamic_prompts=True, default=""),
                 io.Float.Input("merge_at", default=0.6, min=0.0, max=1.0, step=0.01,
-                               tooltip="Fraction of sampling done with the plain text before the fused text takes "
-                                       "over (official: step 30 of 50 = 0.6)."),
+                               tooltip="Where the fused text takes over, as a fraction of the sampling schedule "
+                                       "(a conditioning timestep range, like ConditioningSetTimestepRange). 0.6 = "
+                                       "30/50: with 50 'normal' steps the first fused step is step 30; the official "
+                                       "loop's is 31 (0.62 matches it); 'karras' reaches 0.6 earlier (step 26)."),
                 io.Combo.Input("pairing", options=list(cid_prompt.PAIRINGS), default="faithful",
                                tooltip="faithful: regions pair with markers by order, as the official code and its "
                                        "weights (the eye image goes to 'ears' and the ear image to 'eyes'). "

@@ -28,7 +28,7 @@ from ..models.training.trainer import PRECISIONS, TrainConfig, TrainingCancelled
 from . import managed, types
 from .training_regions import FacialText
 from .training_run import (ATTENTIONS, BLOCK_CHOICES, ConsistentIDSession, JobOptions, layout_for, make_prepare,
-                           run_consistentid)
+                           run_consistentid, weights_fingerprint)
 from .validate import require_choice
 
 NODE = "PartID Train ConsistentID"
@@ -117,9 +117,11 @@ def run_training(model, vae, clip, adapter, folder: str, output_name: str, optio
     # The parser runs on ComfyUI's device, loaded again per image (the VAE and CLIP load in between).
     parser_engine = managed.OnUse(lambda: managed.face_parser(face_parser)) if face_parser is not None else None
     facial = FacialText(adapter.format.base, options.pairing)
+    # The cache holds this VAE's latents and this CLIP's text: another checkpoint must not reuse them.
     key = "|".join(str(x) for x in (options.resolution, getattr(face_parser, "path", None),
                                     getattr(analyzer, "name", None) or type(analyzer).__name__,
-                                    id(clip_vision) if clip_vision is not None else None, facial.key))
+                                    weights_fingerprint(clip_vision), facial.key, weights_fingerprint(vae),
+                                    weights_fingerprint(clip)))
     device = torch.device(model.load_device)
     with torch.inference_mode(False):
         dataset = CachedDataset(folder, make_prepare(vae, clip, options.resolution, parser_engine, analyzer,

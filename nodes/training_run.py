@@ -103,6 +103,28 @@ def _mask_file(path: str, resolution: int) -> torch.Tensor | None:
     return None
 
 
+def weights_fingerprint(obj) -> str:
+    """A stable id of the weights of a ComfyUI VAE, CLIP or CLIP vision object (or None), for dataset cache keys:
+    its network class, tensor count and the names, shapes and leading values of three of its tensors. The same
+    file gives the same id in every process; another checkpoint's VAE or text encoder gives another."""
+    import hashlib
+
+    if obj is None:
+        return "none"
+    module = next((m for m in (getattr(obj, a, None) for a in ("first_stage_model", "cond_stage_model", "model"))
+                   if isinstance(m, torch.nn.Module)), obj if isinstance(obj, torch.nn.Module) else None)
+    if module is None:
+        return type(obj).__name__
+    state = module.state_dict()
+    names = list(state)
+    digest = hashlib.sha1(f"{type(module).__name__}|{len(names)}".encode())
+    for name in {names[0], names[len(names) // 2], names[-1]} if names else ():
+        t = state[name]
+        digest.update(f"{name}{tuple(t.shape)}".encode())
+        digest.update(t.detach().flatten()[:64].float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def latent_and_text(vae, clip, image: torch.Tensor, caption: str) -> dict:
     """What every trainer's prepare caches for the base model: VAE latent, text context, pooled text."""
     out = {"latent": vae.encode(image[..., :3])[0].float()}
@@ -264,7 +286,9 @@ class IdentitySession:
         ds, opt, dev = self.dataset, self.options, self.device
         items = [ds.item(i) for i in indices]
         refs = [ds.item(ds.reference_index(i, s, opt.paired)) for i, s in zip(indices, seeds)]
-        x0 = torch.stack([it["latent"] for it in items]).to(dev)
+        # The cache holds the VAE's raw latents; the UNet works in the scaled latent space (as KSampler feeds it
+        # through process_latent_in): SD1.5 x 0.18215, SDXL x 0.13025.
+        x0 = self.patcher.model.process_latent_in(torch.stack([it["latent"] for it in items]).to(dev))
         context = torch.stack([it["context"] for it in items]).to(dev)
         ms = self.patcher.model.model_sampling
         noises, sigmas = [], []

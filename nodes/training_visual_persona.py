@@ -28,7 +28,7 @@ from . import managed, types
 from .visual_persona_encode import DINOV2_ATTR, compute_device_dtype
 from .visual_persona_encode import check_inputs as check_encoder_inputs
 from .training import forget_state, output_paths, resolve_folder, run_job
-from .training_run import IdentitySession, JobOptions, latent_and_text, layout_for, load_rgb
+from .training_run import IdentitySession, JobOptions, latent_and_text, layout_for, load_rgb, weights_fingerprint
 from .validate import require_choice
 
 NODE = "PartID Train Visual Persona"
@@ -83,7 +83,7 @@ def run_vp_training(model, vae, clip, adapter, dinov2, body_parser, folder: str,
     if not resume:
         forget_state(state_path)
     key = "|".join(str(x) for x in ("visual_persona", options.resolution, getattr(body_parser, "path", None),
-                                    getattr(dinov2, "path", None)))
+                                    getattr(dinov2, "path", None), weights_fingerprint(vae), weights_fingerprint(clip)))
     with torch.inference_mode(False):
         dataset = CachedDataset(folder, make_vp_prepare(vae, clip, options.resolution, dinov2, body_parser), key,
                                 cache_dir=cache_dir, default_caption=caption)

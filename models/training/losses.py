@@ -6,14 +6,16 @@ carry the target masks at any resolution); masks are resized to each block's gri
 - "consistentid": ConsistentID paper eq. 1, the balanced L1 (FastComposer paper's form): per group,
   mean of the map outside the mask minus mean of the map inside the mask, each mean over its own
   area, so a small region weighs as much as a large one.
-- "fastcomposer": FastComposer's released code, `mean(attn * (1 - seg)) - mean(attn * seg)` with both
-  means over all pixels.
+- "fastcomposer": `mean(attn * (1 - seg)) - mean(attn * seg)` with both means over all pixels (the formula
+  of REFERENCE.md 4 read literally), so a large region weighs more. FastComposer's released
+  BalancedL1Loss divides each term by its own region's area instead: that is the "consistentid" option.
 - "storymaker": StoryMaker's MSE: per person, the summed attention of that person's groups against
   the person mask; a background group against the complement of the union of person masks.
 
-Groups absent from a sample (no valid token, e.g. a region the parser did not find) do not count.
-The loss is averaged over groups, then blocks; samples are averaged, so a data-parallel mean of
-per-rank losses equals the loss of the whole batch.
+Groups absent from a sample (no valid token, e.g. a region the parser did not find) do not count: each
+sample's loss is the mean over the groups present in it, samples are averaged (one with no group adds
+zero), then blocks. Each sample's term depends on that sample alone, so a data-parallel mean of per-rank
+losses (or of accumulated micro-batches) equals the loss of the whole batch.
 """
 from __future__ import annotations
 
@@ -47,6 +49,14 @@ def _per_sample_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of `values` [B] where valid; absent samples contribute zero (not NaN)."""
     w = valid.to(values.dtype)
     return (values * w).sum() / values.shape[0]
+
+
+def _mean_of_each_samples_groups(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """values, valid [G, B] -> each sample's mean over its own present groups, summed and divided by B (a sample
+    with no group adds zero). Linear in samples: a batch split over processes (DDP) or micro-batches gives the
+    loss of the whole batch, whichever regions each part of it happens to hold."""
+    w = valid.to(values.dtype)
+    return ((values * w).sum(0) / w.sum(0).clamp(min=1)).sum() / values.shape[1]
 
 
 def balanced_l1(attn: torch.Tensor, mask: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -98,16 +108,16 @@ def localisation_loss(maps: Mapping, grids: Mapping, groups: Sequence[TokenGroup
             if term is not None:
                 per_block.append(term)
             continue
-        terms = []
+        values, valid = [], []
         for g in groups:
             if g.name not in block_maps or g.background:
                 continue
             attn = block_maps[g.name]
             mask = resize_mask(g.mask.to(attn.device), grid)
-            per_sample = balanced_l1(attn, mask) if kind == "consistentid" else fastcomposer_l1(attn, mask)
-            terms.append(_per_sample_mean(per_sample, g.valid.to(attn.device)))
-        if terms:
-            per_block.append(torch.stack(terms).mean())
+            values.append(balanced_l1(attn, mask) if kind == "consistentid" else fastcomposer_l1(attn, mask))
+            valid.append(g.valid.to(attn.device))
+        if values:
+            per_block.append(_mean_of_each_samples_groups(torch.stack(values), torch.stack(valid)))
     return torch.stack(per_block).mean() if per_block else None
 
 

@@ -190,11 +190,12 @@ class Trainer:
             self.scheduler.step()
             self.state.step = step + 1
             self.state.history.append({"step": self.state.step, **logs})
-            if self.progress is not None:
-                self.progress(self.state.step, cfg.steps, logs)
             done = self.state.step == cfg.steps
             if done or (cfg.save_every and self.state.step % cfg.save_every == 0):
                 if self.save_fn is not None and self.is_main:
                     self.save_fn(self.state.step)
                 self.save_state()
+            # After the save: ComfyUI's progress hook raises on a cancel, which must not lose a finished save step.
+            if self.progress is not None:
+                self.progress(self.state.step, cfg.steps, logs)
         return self.state

@@ -85,3 +85,14 @@ def tiny_visual_persona_groups(seed: int = 0, tokens: int = 16, encoder_width: i
     dec = DecoderConfig(tokens=tokens, layers=1, heads=8, width=2048, encoder_width=encoder_width, mlp_ratio=0.25)
     return {"image_proj": decoder_state(dec, seed=seed, dtype=torch.float32),
             "ip_adapter": random_state(ip_adapter_layout(TINY_SDXL_LAYOUT, 2048), seed + 1, dtype=torch.float32)}
+
+
+def raw_vae_latent(model_space: torch.Tensor, base: str = "sd15") -> torch.Tensor:
+    """The raw VAE latent that ComfyUI's process_latent_in turns into `model_space` (what the UNet sees).
+
+    Synthetic prepares describe their latents as the UNet should see them; the dataset cache holds what a
+    VAE's encode returns, which the trainer scales with the model's latent format, as KSampler does."""
+    import comfy.latent_formats
+
+    fmt = comfy.latent_formats.SD15() if base == "sd15" else comfy.latent_formats.SDXL()
+    return fmt.process_out(model_space)

@@ -30,7 +30,9 @@ def synthetic_prepare(path, sample):
     lat = torch.cat([lat, lat.mean(0, keepdim=True)]) * 2 - 1
     mask = F.adaptive_avg_pool2d(_mask_file(path, 64)[None], (8, 8))[0, 0]
     gen = torch.Generator().manual_seed(5)
-    return {"latent": lat, "context": torch.randn(77, 768, generator=gen), "mask": mask,
+    from fixtures_builders.training import raw_vae_latent
+
+    return {"latent": raw_vae_latent(lat), "context": torch.randn(77, 768, generator=gen), "mask": mask,
             "arcface": torch.randn(512, generator=gen), "clip_states": torch.randn(16, 1280, generator=gen) * 0.1}
 
 

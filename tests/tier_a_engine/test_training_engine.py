@@ -276,3 +276,23 @@ def test_keys_max_maps_give_the_released_codes_per_head_balanced_l1():
     # a key position beyond this attention's keys (a text position on a small block) counts as absent
     out = group_maps(q, k, heads, torch.tensor([[tq + 3], [2]]), "keys_max")
     assert torch.equal(out[0], torch.zeros(tq)) and float(out[1].max()) > 0
+
+
+@pytest.mark.parametrize("kind", ["consistentid", "fastcomposer"])
+def test_localisation_loss_of_a_batch_is_the_mean_of_its_samples(kind):
+    """Sample 0 has a face but no ear, sample 1 both: the batch's loss must equal the mean of the two one-sample
+    losses, which is what DDP (one sample per process, gradients averaged) and gradient accumulation compute."""
+    gen = torch.Generator().manual_seed(3)
+    attn = {"face": torch.rand(2, 16, generator=gen), "ear": torch.rand(2, 16, generator=gen)}
+    masks = {"face": torch.zeros(2, 4, 4), "ear": torch.zeros(2, 4, 4)}
+    masks["face"][:, :2, :2] = 1
+    masks["ear"][:, 2:, 3:] = 1
+    index = {"face": torch.tensor([[5], [5]]), "ear": torch.tensor([[-1], [9]])}
+
+    def loss(rows):
+        # Groups of the regions present in this (micro-)batch, as IdentitySession.region_groups builds them.
+        groups = [TokenGroup(n, "context", index[n][rows], masks[n][rows]) for n in ("face", "ear")
+                  if bool((index[n][rows] >= 0).any())]
+        return float(localisation_loss({"b": {n: a[rows] for n, a in attn.items()}}, {"b": (4, 4)}, groups, kind))
+
+    assert loss([0, 1]) == pytest.approx((loss([0]) + loss([1])) / 2, abs=1e-7)

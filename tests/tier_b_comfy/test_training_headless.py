@@ -39,7 +39,10 @@ def vp_prepare(path, sample):
     upper = ((face.sum(0, keepdim=True) > 0).float().expand_as(face) - face).clamp(0, 1)
     empty = torch.zeros_like(face)
     gen = torch.Generator().manual_seed(int(face.sum() * 1000) % 10_000)
-    return {"latent": torch.cat([lat, lat.mean(0, keepdim=True)]) * 2 - 1, "context": rand(77, 2048, seed=5),
+    from fixtures_builders.training import raw_vae_latent
+
+    return {"latent": raw_vae_latent(torch.cat([lat, lat.mean(0, keepdim=True)]) * 2 - 1, "sdxl"),
+            "context": rand(77, 2048, seed=5),
             "pooled": rand(1280, seed=8), "part_masks": torch.stack([face, upper, empty, empty]),
             "part_features": torch.randn(4, 16, 64, generator=gen)}
 

@@ -37,7 +37,9 @@ def synthetic_prepare(path, sample):
     lat = F.avg_pool2d(img, 8)[0]
     lat = torch.cat([lat, lat.mean(0, keepdim=True)]) * 2 - 1
     mask = F.adaptive_avg_pool2d(_mask_file(path, 64)[None], (8, 8))[0, 0]
-    return {"latent": lat, "context": rand(77, 768, seed=5), "mask": mask, "arcface": rand(512, seed=6),
+    from fixtures_builders.training import raw_vae_latent
+
+    return {"latent": raw_vae_latent(lat), "context": rand(77, 768, seed=5), "mask": mask, "arcface": rand(512, seed=6),
             "clip_states": rand(16, 1280, seed=7) * 0.1}
 
 
@@ -102,6 +104,45 @@ def test_recording_patches_leave_the_forward_unchanged(comfy):
                   "output bit-identical to the unpatched model")
 
 
+def test_dataset_cache_key_tells_checkpoints_apart(comfy, sd15_clip_vae):
+    """The cached latents and text belong to one VAE and CLIP: their fingerprint is the same for the same weights
+    loaded again, and differs for another network or a changed weight."""
+    import copy
+
+    from partid.nodes.training_run import weights_fingerprint
+
+    clip, vae = sd15_clip_vae
+    again = copy.deepcopy(vae)
+    assert weights_fingerprint(vae) == weights_fingerprint(again) != weights_fingerprint(clip)
+    first = next(iter(again.first_stage_model.state_dict().values()))
+    with torch.inference_mode():
+        first.add_(1.0)
+    assert weights_fingerprint(again) != weights_fingerprint(vae) and weights_fingerprint(None) == "none"
+
+
+def test_cached_vae_latents_enter_the_unet_scaled_as_ksampler_scales_them(comfy, data, tmp_path, monkeypatch):
+    """The dataset caches what VAE.encode returns; the UNet must see it times SD1.5's 0.18215 (KSampler's
+    process_latent_in), noised at the sample's sigma."""
+    from partid.models.training.objective import sample_noise
+    from partid.nodes import training_patch
+
+    s = session(comfy, data, tmp_path)
+    seen, real = {}, training_patch.denoise
+
+    def spy(patcher, x_t, sigma, context, y=None):
+        seen.update(x_t=x_t.detach().clone(), sigma=sigma.detach().clone())
+        return real(patcher, x_t, sigma, context, y)
+
+    monkeypatch.setattr(training_patch, "denoise", spy)
+    with torch.no_grad():
+        s.batch([0], [21])
+    latent = s.dataset.item(0)["latent"][None]
+    noise = sample_noise(tuple(latent.shape[1:]), 21)[0][None]
+    ms = s.patcher.model.model_sampling
+    assert torch.allclose(seen["x_t"], ms.noise_scaling(seen["sigma"], noise, latent * 0.18215), atol=1e-5)
+    assert not torch.allclose(seen["x_t"], ms.noise_scaling(seen["sigma"], noise, latent), atol=1e-2)
+
+
 def test_gradient_checkpointing_matches_and_records_once(comfy, data, tmp_path):
     grads, maps, calls = [], [], []
     for checkpointing in (False, True):
@@ -147,9 +188,19 @@ def test_localisation_loss_raises_attention_mass_inside_masks(comfy, data, tmp_p
     assert rises[1.0] > rises[0.0] + 0.1
 
 
+def lat_of(item):
+    """The model-space latent of a synthetic SD1.5 item (undoing raw_vae_latent's SD1.5 scale)."""
+    import comfy.latent_formats
+
+    return comfy.latent_formats.SD15().process_in(item["latent"])
+
+
 def vp_prepare(path, sample):
     """Two body parts (face = the bright square, upper = the rest of its column band) on the tiny SDXL."""
+    from fixtures_builders.training import raw_vae_latent
+
     item = synthetic_prepare(path, sample)
+    item["latent"] = raw_vae_latent(lat_of(item), "sdxl")          # the same model-space latent on SDXL
     face = item.pop("mask")
     upper = ((face.sum(0, keepdim=True) > 0).float().expand_as(face) - face).clamp(0, 1)
     empty = torch.zeros_like(face)
@@ -254,6 +305,8 @@ def tiny_train(comfy, sd15, data, name, steps, resume, lr=1e-3):
 
 
 def test_training_loss_falls_and_a_cancelled_run_resumes(comfy, clip_vae, data):
+    """A cancel raised by ComfyUI's progress hook during a save step keeps that step's save; resuming from it
+    gives bit-identical weights to an uninterrupted run."""
     from comfy import model_management, utils as comfy_utils
     from safetensors.torch import load_file
 
@@ -264,17 +317,23 @@ def test_training_loss_falls_and_a_cancelled_run_resumes(comfy, clip_vae, data):
                   f"-> last 3 {sum(noise[-3:]) / 3:.4f}")
     reference = load_file(straight)
 
-    def interrupt_at_three(value, total, preview, node_id=None):
-        if value == 3:
+    def cancel_during_step_four(value, total, preview, node_id=None):
+        # As ComfyUI's server hook (main.py hijack_progress) does on every update: raise once interrupted.
+        if value == 4:
             model_management.interrupt_current_processing(True)
+        model_management.throw_exception_if_processing_interrupted()
 
-    comfy_utils.set_progress_bar_global_hook(interrupt_at_three)
+    comfy_utils.set_progress_bar_global_hook(cancel_during_step_four)
     try:
         with pytest.raises(model_management.InterruptProcessingException):
             tiny_train(comfy, clip_vae, data, "cancelled", 6, resume=False, lr=3e-3)
     finally:
         comfy_utils.set_progress_bar_global_hook(None)
         model_management.interrupt_current_processing(False)
+    from partid.nodes.training import output_paths
+
+    # Step 4 (a save step, save_every 2) finished before the cancel reached the progress bar: it is saved.
+    assert torch.load(output_paths("cancelled")[1] + ".pt", weights_only=True)["step"] == 4
     history, path = tiny_train(comfy, clip_vae, data, "cancelled", 6, resume=True, lr=3e-3)
     assert [h["step"] for h in history] == list(range(1, 7))
     resumed = load_file(path)

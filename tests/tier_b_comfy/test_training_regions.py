@@ -49,7 +49,9 @@ def region_prepare(path, sample):
     lat = torch.cat([lat, lat.mean(0, keepdim=True)]) * 2 - 1
     face = F.adaptive_avg_pool2d(_mask_file(path, 64)[None], (8, 8))[0, 0]
     seed = int(face.sum() * 1000) % 10_000
-    return {"latent": lat, "context": rand(77, 768, seed=5), "mask": face, "arcface": rand(512, seed=6),
+    from fixtures_builders.training import raw_vae_latent
+
+    return {"latent": raw_vae_latent(lat), "context": rand(77, 768, seed=5), "mask": face, "arcface": rand(512, seed=6),
             "clip_states": rand(16, 1280, seed=7) * 0.1, "region_states": rand(5, 16, 1280, seed=seed) * 0.1,
             "slot_positions": SLOTS.clone(), "region_masks": region_masks(face)}
 
