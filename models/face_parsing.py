@@ -6,7 +6,8 @@ Preprocessing follows each parser's reference code:
   512x512 (SDXL pipeline: 1280x1280) with PIL `Image.BILINEAR` (antialiased when shrinking), then
   `ToTensor` (/255) and ImageNet mean/std, the first of BiSeNet's three heads, argmax. The official code
   keeps the map at 512/1280; PartID brings it back to the image size with nearest-neighbour
-  (pixel centres, as PIL NEAREST).
+  (pixel centres, as PIL NEAREST) and keeps the 512/1280 map beside it (`LabelMap.parse_maps`) for the
+  region masks, which the official code cuts at that size.
 - SegFormer, as the jonathandinu/face-parsing model card: see models/segformer.py (shared with the
   body parser).
 
@@ -97,17 +98,20 @@ class FaceParser:
         b, _, h, w = pixels.shape
         net_size = self.network_size(resolution) or (h, w)
         out_size = (h, w) if at_input_size else net_size
+        source = f"{self.backend}:{self.source}"
         if self.backend == "segformer":       # model card: upsample logits to the image, then argmax
-            maps = self.segformer.label_maps(pixels, out_size)
-        else:                                 # official: argmax at the network size, then nearest
-            per, chunks = images_per_chunk(net_size, out_size, len(self.labels)), []
-            for start in range(0, b, per):
-                labels = self._logits(self.network_input(pixels[start:start + per], resolution)).argmax(dim=1)
-                if tuple(labels.shape[-2:]) != tuple(out_size):
-                    labels = F.interpolate(labels[:, None].float(), size=out_size, mode="nearest-exact")[:, 0].long()
-                chunks.append(labels.cpu())
-            maps = torch.cat(chunks)
-        return LabelMap(maps.to(torch.int64), self.labels, source=f"{self.backend}:{self.source}")
+            return LabelMap(self.segformer.label_maps(pixels, out_size).to(torch.int64), self.labels, source)
+        # official: argmax at the network size; PartID also brings it to the image size with nearest
+        per, chunks, native = images_per_chunk(net_size, out_size, len(self.labels)), [], []
+        for start in range(0, b, per):
+            labels = self._logits(self.network_input(pixels[start:start + per], resolution)).argmax(dim=1)
+            native.append(labels.cpu())
+            if tuple(labels.shape[-2:]) != tuple(out_size):
+                labels = F.interpolate(labels[:, None].float(), size=out_size, mode="nearest-exact")[:, 0].long()
+            chunks.append(labels.cpu())
+        maps, native = torch.cat(chunks).to(torch.int64), torch.cat(native).to(torch.int64)
+        parse_maps = native if tuple(native.shape[-2:]) != tuple(maps.shape[-2:]) else None
+        return LabelMap(maps, self.labels, source, parse_maps)
 
 
 _CACHE_ATTR = "_partid_face_parsers"

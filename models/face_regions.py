@@ -11,9 +11,12 @@ never used). A region whose labels are absent is missing (an all-zero mask here)
 Mode "union" keeps both eyes, both ears and the whole mouth (mouth + u_lip + l_lip), each region's
 labels filled together.
 
-Labels are looked up by name, so BiSeNet and SegFormer maps give the same regions. Masks are computed
-at the label map's size. (The official code fills at the parse size, 512 or 1280, and resizes each
-mask to the photo with PIL bicubic when it builds the region images.)
+Labels are looked up by name, so BiSeNet and SegFormer maps give the same regions. Where the label
+map keeps the parse at the parser's own size (`LabelMap.parse_maps`: BiSeNet's 512 or 1280 square),
+masks are filled there and each is resized to the image's size with PIL bicubic on its 8-bit form,
+as the official `fetch_mask_raw_image` resizes its masks to the photo: the masks then carry the
+official soft edges, and the region images built from them are the official ones pixel for pixel.
+Otherwise (SegFormer, or a map already at the parse size) masks are filled at the map's size.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 
 from .labels import normalise
 from .parsing import LabelMap
@@ -49,7 +53,8 @@ _PALETTE = {normalise(k): v for k, v in PALETTE.items()}
 
 @dataclass
 class FaceRegions:
-    """`masks[region]` float [B,H,W] in {0,1}; `chosen[b][region]` the labels used (empty: missing)."""
+    """`masks[region]` float [B,H,W] in 0..1 (multiples of 1/255; {0,1} when filled at the map's own
+    size); `chosen[b][region]` the labels used (empty: missing)."""
 
     masks: dict[str, torch.Tensor]
     chosen: list[dict[str, tuple[str, ...]]] = field(default_factory=list)
@@ -66,6 +71,14 @@ def fill_external_contours(binary: np.ndarray) -> np.ndarray:
     for contour in contours:
         cv2.drawContours(mask, [contour], -1, 255, thickness=cv2.FILLED)
     return mask
+
+
+def resize_u8(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 [h, w] -> uint8 [height, width] with PIL's bicubic ("L" image), as the official code resizes
+    its parse-size masks to the photo; unchanged when the size already matches."""
+    if mask.shape == (height, width):
+        return mask
+    return np.asarray(Image.fromarray(mask).resize((width, height), resample=Image.BICUBIC))
 
 
 def _indices(label_map: LabelMap) -> dict[str, int]:
@@ -87,8 +100,8 @@ def face_regions(label_map: LabelMap, mode: str = "ConsistentID") -> FaceRegions
     if missing:
         raise KeyError(f"the label map ({label_map.source or 'unknown parser'}) has no label(s) "
                        f"{', '.join(missing)}: it is not a face parse")
-    maps = label_map.maps.cpu()
-    b, h, w = maps.shape
+    b, h, w = label_map.maps.shape
+    maps = (label_map.maps if label_map.parse_maps is None else label_map.parse_maps).cpu()
     present = _presence(maps, len(label_map.labels)).numpy()
     arrays = maps.numpy()
     out = {r: np.zeros((b, h, w), dtype=np.uint8) for r in REGIONS}
@@ -104,7 +117,7 @@ def face_regions(label_map: LabelMap, mode: str = "ConsistentID") -> FaceRegions
             picked[region] = names
             if names:
                 binary = np.isin(arrays[i], [index[normalise(n)] for n in names]).astype(np.uint8) * 255
-                out[region][i] = fill_external_contours(binary)
+                out[region][i] = resize_u8(fill_external_contours(binary), h, w)
         chosen.append(picked)
     masks = {r: torch.from_numpy(out[r]).float().div_(255) for r in REGIONS}
     return FaceRegions(masks, chosen, mode)

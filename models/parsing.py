@@ -6,13 +6,19 @@ from dataclasses import dataclass
 import torch
 
 
-@dataclass
+@dataclass(eq=False)  # tensors inside: identity, not value, comparison
 class LabelMap:
-    """`labels[i]` names value i in `maps` ([B,H,W] int64, at the input image's size)."""
+    """`labels[i]` names value i in `maps` ([B,H,W] int64, at the input image's size).
+
+    `parse_maps`, when set, is the same parse at the parser's own size before it was brought to the
+    image's size ([B,h,w], e.g. BiSeNet's 512x512): ConsistentID's official code cuts its region masks
+    there and resizes the masks, not the labels (models/face_regions.py).
+    """
 
     maps: torch.Tensor
     labels: tuple[str, ...]
     source: str = ""          # which parser produced it
+    parse_maps: torch.Tensor | None = None
 
     def index_of(self, name: str) -> int:
         from .labels import normalise
@@ -42,9 +48,15 @@ class LabelMap:
         b = self.maps.shape[0]
         if m.ndim != 3 or m.shape[0] not in (1, b):
             raise ValueError(f"the mask has shape {list(mask.shape)} for {b} image(s)")
-        if tuple(m.shape[-2:]) != tuple(self.maps.shape[-2:]):
-            m = torch.nn.functional.interpolate(m[:, None], size=tuple(self.maps.shape[-2:]), mode="bilinear",
-                                                align_corners=False)[:, 0]
-        inside = (m >= 0.5).expand(b, -1, -1)
-        return LabelMap(torch.where(inside, self.maps, torch.zeros_like(self.maps)), self.labels, self.source)
+        parse_maps = None if self.parse_maps is None else _keep_inside(self.parse_maps, m)
+        return LabelMap(_keep_inside(self.maps, m), self.labels, self.source, parse_maps)
+
+
+def _keep_inside(maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """maps [B,H,W] with label 0 wherever mask ([1 or B,h,w]) is below 0.5 after a bilinear resize to H x W."""
+    if tuple(mask.shape[-2:]) != tuple(maps.shape[-2:]):
+        mask = torch.nn.functional.interpolate(mask[:, None], size=tuple(maps.shape[-2:]), mode="bilinear",
+                                               align_corners=False)[:, 0]
+    inside = (mask >= 0.5).expand(maps.shape[0], -1, -1)
+    return torch.where(inside, maps, torch.zeros_like(maps))
 

@@ -37,7 +37,9 @@ class FaceRegions(io.ComfyNode):
         return io.Schema(
             node_id="PartIDFaceRegions", display_name=NODE, category="PartID/face",
             description="Parses faces (BiSeNet as ConsistentID does, or SegFormer) and gives ConsistentID's five "
-                        "facial region masks, each label filled along its outer contour (holes covered).",
+                        "facial region masks, each label filled along its outer contour (holes covered). BiSeNet "
+                        "masks are cut at its 512/1280 parse and resized to the photo (soft edges), as the "
+                        "official code does before it encodes the regions.",
             inputs=[
                 types.FaceParser.Input("parser", tooltip="From PartID Face Parser Loader."),
                 io.Image.Input("image", tooltip="One or more face photos; RGBA (alpha ignored) and grayscale work."),

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..face_regions import resize_u8
 from .regions import CLIP_H_WIDTH, REGION_ORDER
 
 CLIP_SIZE = 224
@@ -73,10 +74,7 @@ def mask_to_u8(mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
     m = (mask.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
     if tuple(m.shape) == (height, width):
         return m
-    from PIL import Image
-
-    resized = Image.fromarray(m.numpy()).resize((width, height), resample=Image.BICUBIC)
-    return torch.from_numpy(np.asarray(resized).copy())
+    return torch.from_numpy(resize_u8(m.numpy(), height, width).copy())
 
 
 def composite_u8(rgb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -72,6 +72,11 @@ def file_digest(path: str) -> str:
     return h.hexdigest()
 
 
+# Part of every cache key: raise it when what the prepare functions compute changes, so caches written
+# by an older PartID are recomputed (2: ConsistentID region masks cut at the parse size, then resized).
+CACHE_FORMAT = 2
+
+
 class CachedDataset:
     """Samples of a folder with their prepared tensors (computed once, then read from the cache)."""
 
@@ -94,7 +99,7 @@ class CachedDataset:
     def cache_path(self, index: int) -> str:
         path = os.path.join(self.folder, self.samples[index].path)
         sample = self.samples[index]
-        key = hashlib.sha256(f"{file_digest(path)}|{sample.caption}|{self.prepare_key}".encode()).hexdigest()[:32]
+        key = hashlib.sha256(f"{file_digest(path)}|{sample.caption}|{self.prepare_key}|{CACHE_FORMAT}".encode()).hexdigest()[:32]
         return os.path.join(self.cache_dir, f"{key}.safetensors")
 
     def item(self, index: int) -> dict:

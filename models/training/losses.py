@@ -13,7 +13,8 @@ carry the target masks at any resolution); masks are resized to each block's gri
   the person mask; a background group against the complement of the union of person masks.
 
 Groups absent from a sample (no valid token, e.g. a region the parser did not find) do not count: each
-sample's loss is the mean over the groups present in it, samples are averaged (one with no group adds
+sample's loss is the mean over the groups present in it (StoryMaker: its persons and background
+groups), samples are averaged (one with no group adds
 zero), then blocks. Each sample's term depends on that sample alone, so a data-parallel mean of per-rank
 losses (or of accumulated micro-batches) equals the loss of the whole batch.
 """
@@ -45,12 +46,6 @@ def resize_mask(mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return m.flatten(1).clamp(0.0, 1.0)
 
 
-def _per_sample_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of `values` [B] where valid; absent samples contribute zero (not NaN)."""
-    w = valid.to(values.dtype)
-    return (values * w).sum() / values.shape[0]
-
-
 def _mean_of_each_samples_groups(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """values, valid [G, B] -> each sample's mean over its own present groups, summed and divided by B (a sample
     with no group adds zero). Linear in samples: a batch split over processes (DDP) or micro-batches gives the
@@ -80,19 +75,20 @@ def _storymaker_block(maps: Mapping[str, torch.Tensor], groups: Sequence[TokenGr
             background.append(g)
         else:
             persons.setdefault(g.person if g.person is not None else 0, []).append(g)
-    terms = []
+    values, valid = [], []       # one [B] row per person, then per background group
     union = None
     for members in persons.values():
         attn = sum(maps[g.name] for g in members)
         mask = resize_mask(members[0].mask.to(attn.device), grid)
         union = mask if union is None else torch.maximum(union, mask)
-        valid = torch.stack([g.valid.to(attn.device) for g in members]).any(0)
-        terms.append(_per_sample_mean(((attn - mask) ** 2).mean(1), valid))
+        values.append(((attn - mask) ** 2).mean(1))
+        valid.append(torch.stack([g.valid.to(attn.device) for g in members]).any(0))
     for g in background:
         attn = maps[g.name]
         target = 1.0 - (union if union is not None else torch.zeros_like(attn))
-        terms.append(_per_sample_mean(((attn - target) ** 2).mean(1), g.valid.to(attn.device)))
-    return torch.stack(terms).mean() if terms else None
+        values.append(((attn - target) ** 2).mean(1))
+        valid.append(g.valid.to(attn.device))
+    return _mean_of_each_samples_groups(torch.stack(values), torch.stack(valid)) if values else None
 
 
 def localisation_loss(maps: Mapping, grids: Mapping, groups: Sequence[TokenGroup], kind: str = "consistentid"

@@ -201,6 +201,34 @@ def test_regions_match_official_consistentid(reference, name):
                 assert found.chosen[0][region] == () and not got.any()
 
 
+@pytest.mark.parametrize("case,resolution", [("crop512", 512), ("crop1280", 1280)])
+def test_regions_of_a_photo_at_its_own_size_are_the_official_resized_masks(reference, bisenet, case, resolution):
+    """The Face Regions node's path (parse at 512/1280, masks at the photo's 400x360) against what the official
+    code composites: its 512/1280 masks resized to the photo by `fetch_mask_raw_image` (PIL "L" `resize`,
+    bicubic), then `Image.composite(photo, black, mask)`. Masks and region images must be equal to the bit."""
+    from PIL import Image
+
+    from partid.models.consistentid import region_images as ri
+
+    label_map = bisenet.parse(as_image(CROP), resolution)
+    assert label_map.maps.shape == (1, 400, 360) and label_map.parse_maps.shape == (1, resolution, resolution)
+    found = face_regions(label_map, "ConsistentID")
+    keys, masks = official_masks(reference, case)
+    photo = Image.fromarray(np.ascontiguousarray(CROP))
+    flat_fill = face_regions(LabelMap(label_map.maps, BISENET_FACE), "ConsistentID")   # filled at 400x360
+    for key, mask in zip(keys, masks):
+        region = OFFICIAL_KEYS[key][0]
+        official_mask = Image.fromarray(mask.astype(np.uint8) * 255).resize(photo.size)
+        official_image = np.asarray(Image.composite(photo, Image.new("RGB", photo.size, (0, 0, 0)), official_mask))
+        ours = found.masks[region][0]
+        assert np.array_equal(np.rint(ours.numpy() * 255).astype(np.uint8), np.asarray(official_mask)), region
+        plan = ri.plan_region_images(torch.from_numpy(np.ascontiguousarray(CROP))[None], {"face": ours[None]})
+        assert np.array_equal(plan.images[0].numpy(), official_image), region
+        before = flat_fill.masks[region][0].numpy()
+        REPORT.append(f"ConsistentID {case} {region} on a 400x360 photo: mask equal to the official resized mask; "
+                      f"filling at 400x360 instead differs on {int((np.rint(before * 255) != np.asarray(official_mask)).sum())} px")
+
+
 def test_region_known_answers(reference):
     import cv2
 

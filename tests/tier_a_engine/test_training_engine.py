@@ -296,3 +296,25 @@ def test_localisation_loss_of_a_batch_is_the_mean_of_its_samples(kind):
         return float(localisation_loss({"b": {n: a[rows] for n, a in attn.items()}}, {"b": (4, 4)}, groups, kind))
 
     assert loss([0, 1]) == pytest.approx((loss([0]) + loss([1])) / 2, abs=1e-7)
+
+
+def test_storymaker_loss_of_a_batch_is_the_mean_of_its_samples():
+    """Uneven persons: sample 0 shows person 0 only, sample 1 persons 0 and 1; a background group in both. The
+    batch's StoryMaker loss must equal the mean of the one-sample losses (DDP / accumulation), which it did not
+    when each person's term was averaged over the whole batch before the terms were averaged."""
+    gen = torch.Generator().manual_seed(4)
+    names = ("p0", "p1", "bg")
+    attn = {n: torch.rand(2, 16, generator=gen) for n in names}
+    masks = {n: torch.zeros(2, 4, 4) for n in names}
+    masks["p0"][:, :2, :2] = 1
+    masks["p1"][1, 2:, 3:] = 1
+    index = {"p0": torch.tensor([[1], [1]]), "p1": torch.tensor([[-1], [2]]), "bg": torch.tensor([[3], [3]])}
+
+    def loss(rows):
+        groups = [TokenGroup(n, "identity", index[n][rows], masks[n][rows], person=i if n != "bg" else None,
+                             background=n == "bg")
+                  for i, n in enumerate(names) if bool((index[n][rows] >= 0).any())]
+        return float(localisation_loss({"b": {n: a[rows] for n, a in attn.items()}}, {"b": (4, 4)}, groups,
+                                       "storymaker"))
+
+    assert loss([0, 1]) == pytest.approx((loss([0]) + loss([1])) / 2, abs=1e-7)
