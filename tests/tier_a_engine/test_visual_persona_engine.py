@@ -28,6 +28,15 @@ no original code is part of PartID or imported here):
 4. Layout: BP_Transformer(8, 8, 2048, 1536, 256) built on the meta device, every state-dict key and
    shape (523,423,744 parameters). The full random weight.bin of fixtures_builders.visual_persona
    was also strict-loaded into that original class there.
+5. Full size (visual_persona_decoder_full_reference.npz, 2026-11-24): the original BP_Transformer (vp_test.py,
+   transformer.py TransformerDecoder, block.py ConditionBlock at d393d09; import-only edits: accelerate's
+   logger -> logging, the unused ModLN import dropped) built as Visual_Persona.init_proj does
+   (BP_Transformer(8, 8, 2048, 1536, 256)), the image_proj of visual_persona_bin() cast to fp32 and
+   strict-loaded. Inputs: torch.Generator().manual_seed(20261124), randn(4, 256, 1536) as DINOv2 patch tokens
+   of parts 1-4; as get_image_embeds does, the decoder gets the 5-image batch [zeros (full body), parts 1-4]
+   (slot 0 does not reach the others: randn there changed them by exactly 0.0), and generate() with
+   possible_keys [1, 2, 3, 4] concatenates parts 1-4 -> [1, 1024, 2048]. Stored: that output at
+   [:, ::8, ::16], its max |value| and float64 sum. fp32 CPU, 2 threads, torch 2.14.1.
 
 Relative difference = max |ours - original| / max |original|; target 1e-5 in fp32.
 """
@@ -178,6 +187,32 @@ def test_references_and_parts_batch_like_the_loop(parts, features, dinov2, small
     assert torch.equal(selected[1], torch.cat([both[1, 0], both[1, 2]]))
     faces = part_tokens(dinov2, small_decoder, parts, parts=(1,))                             # [2, 1, 256, 64]
     assert (faces - both[:, :1]).abs().max() < 1e-5
+
+
+def test_full_size_decoder_matches_the_original_at_the_released_configuration():
+    """523 M parameters, 8 layers of width 2048 over ViT-g features: the configuration users load, not only the
+    reduced one above (item 5 of the module docstring)."""
+    from partid.models.visual_persona.decoder import select_parts
+    from partid.models.visual_persona.tokens import SELECTED_PARTS
+
+    with np.load(FIXTURES / "visual_persona_decoder_full_reference.npz") as ref:
+        expected, absmax, seed = ref["out_sub"], float(ref["out_absmax"]), int(ref["inputs_seed"])
+        total = float(ref["out_sum"])
+    decoder = PartDecoder.from_adapter(model_files.load_adapter(str(visual_persona_bin()), "Visual Persona"),
+                                       dtype=torch.float32)
+    assert decoder.config == VISUAL_PERSONA
+    features = torch.randn(4, 256, 1536, generator=torch.Generator().manual_seed(seed))
+    parts = list(SELECTED_PARTS)
+    with torch.no_grad():
+        tokens = select_parts(decoder(features.unsqueeze(0), parts), parts, parts)
+    assert tokens.shape == (1, 1024, 2048)
+    diff = float(np.abs(tokens[:, ::8, ::16].numpy() - expected).max())
+    REPORT.append(f"Visual Persona decoder, full released size (523 M params, parts 1-4) vs original: max abs "
+                  f"{diff:.2e} (rel {diff / absmax:.1e}) on a 1/128 subsample; sum {tokens.double().sum():.6f} vs "
+                  f"{total:.6f}")
+    assert diff <= TOLERANCE * absmax
+    assert abs(float(tokens.abs().max()) - absmax) <= TOLERANCE * absmax
+    assert abs(float(tokens.double().sum()) - total) <= TOLERANCE * float(tokens.double().abs().sum())
 
 
 def test_full_size_weight_bin_loads_strict():
