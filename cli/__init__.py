@@ -9,7 +9,9 @@ Modules:
   * ``cli.workflow`` - loading and editing API-format workflows (pure functions)
   * ``cli.server``   - ``ComfyServer`` (start/wait/stop a ComfyUI process) and ``find_comfyui``
   * ``cli.ui_workflow`` - API-format <-> UI-format workflows (the workflows/ twins)
+  * ``cli.evaluate`` / ``cli.train`` - the evaluation script and the headless (torchrun) trainer
 
-Nothing here imports torch or comfy: the runner must stay light enough to run
-next to (not inside) a ComfyUI process.
+The runner modules (runner, client, workflow, server, ui_workflow) import neither torch nor comfy: the
+runner must stay light enough to run next to (not inside) a ComfyUI process. evaluate and train run the
+engine (and train ComfyUI itself) in-process.
 """

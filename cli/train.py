@@ -311,6 +311,10 @@ def run(config: dict, model=None, clip=None, vae=None, adapter=None, layout=None
         options = JobOptions(**job)
     except ValueError as exc:   # its messages start with the option's name ("blocks must be one of ...")
         raise _error(str(exc).split()[0], str(exc) + ".", "use one of the values listed.") from exc
+    try:
+        train_config = TrainConfig(**{k: config[k] for k in CONFIG_KEYS if k in config})
+    except ValueError as exc:   # likewise ("precision must be one of ..."), before the checkpoint loads
+        raise _error(str(exc).split()[0].rstrip(","), str(exc) + ".", "use one of the values listed.") from exc
     # Identity models before the checkpoint: a wrong path or file fails in seconds, not after the UNet loads.
     models = load_identity_models(config, family, adapter) if prepare is None else None
     if models is not None and not vp:   # the fused-region caption marking, as the ConsistentID trainer node sets it
@@ -325,7 +329,6 @@ def run(config: dict, model=None, clip=None, vae=None, adapter=None, layout=None
     _check_base(model, family, adapter)
     prepare = prepare or build_prepare(family, vae, clip, options.resolution, models)
     layout = layout or layout_for(adapter)
-    train_config = TrainConfig(**{k: config[k] for k in CONFIG_KEYS if k in config})
     output = config["output"]
     state = config.get("state", output + ".state")
     if not config.get("resume", True) and rank == 0:

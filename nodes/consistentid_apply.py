@@ -19,18 +19,19 @@ import logging
 import torch
 from comfy_api.latest import io
 
-from ..models import model_files
 from ..models.consistentid import ProjPlus
 from ..models.consistentid import identity as cid_identity
-from ..models.errors import InputError, ModelFileError
+from ..models.errors import InputError
 from ..models.layouts.unet_attention import UNETS, UNetAttentionConfig
 from . import canvas_ui, managed, types
 from .attention_patch import (IdentityGroup, IdentitySource, add_adapter_lora, install_identity_group,
                               ip_weights_by_block, sigma_window)
 from .face_analysis import SKIPPED_ATTR
-from .validate import check_identity_mask, require_choice
+from .validate import check_identity_mask, require_base_model, require_choice
 
 NODE = "PartID ConsistentID Apply"
+CONSISTENTID_BASE_FIX = ("pick the ConsistentID file made for this base model (ConsistentID-v1.bin for SD1.5, "
+                         "ConsistentID_SDXL-v1.bin for SDXL).")
 _CACHE_ATTR = "_partid_proj_plus"     # managed.Managed (ProjPlus) kept on the adapter object
 
 
@@ -46,15 +47,7 @@ def check_inputs(model, adapter, embeddings, image_states) -> UNetAttentionConfi
     if getattr(adapter, "family", None) != "ConsistentID" or base not in UNETS:
         raise InputError(NODE, "adapter", "this is not a ConsistentID adapter.",
                          "connect the PartID ConsistentID Loader's output.")
-    unet_config = getattr(getattr(getattr(model, "model", None), "model_config", None), "unet_config", None)
-    if unet_config is None:
-        raise InputError(NODE, "model", f"expected a MODEL, got {type(model).__name__}.", "connect a checkpoint's MODEL.")
-    try:
-        model_files.check_base(adapter, unet_config.get("context_dim"), type(model.model).__name__)
-    except ModelFileError as exc:
-        raise InputError(NODE, "adapter", str(exc).removeprefix("[PartID] ").split(" Fix: ")[0],
-                         "pick the ConsistentID file made for this base model (ConsistentID-v1.bin for SD1.5, "
-                         "ConsistentID_SDXL-v1.bin for SDXL).") from exc
+    require_base_model(NODE, model, adapter, "adapter", CONSISTENTID_BASE_FIX)
     if not isinstance(embeddings, torch.Tensor) or embeddings.ndim not in (1, 2) or embeddings.shape[-1] != 512:
         shape = list(embeddings.shape) if isinstance(embeddings, torch.Tensor) else type(embeddings).__name__
         raise InputError(NODE, "embeddings", f"expected ArcFace embeddings [N, 512], got {shape}.",

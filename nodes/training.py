@@ -29,7 +29,7 @@ from . import managed, types
 from .training_regions import FacialText
 from .training_run import (ATTENTIONS, BLOCK_CHOICES, ConsistentIDSession, JobOptions, layout_for, make_prepare,
                            run_consistentid, weights_fingerprint)
-from .validate import require_choice
+from .validate import require_base_model, require_choice
 
 NODE = "PartID Train ConsistentID"
 TRAIN_CHOICES = {"proj_plus + id_kv + lora": ("proj_plus", "id_kv", "lora"), "id_kv": ("id_kv",),
@@ -173,7 +173,8 @@ class TrainConsistentID(io.ComfyNode):
                                tooltip="Probability that a sample's noise loss ignores the background (official 0.5)."),
                 types.FaceParser.Input("face_parser", optional=True,
                                        tooltip="Facial regions (with clip_vision: fused region tokens and their "
-                                               "localisation loss); else face masks from *_mask.png files."),
+                                               "localisation loss) and the face mask of images without a "
+                                               "*_mask.png file (a *_mask.png always wins)."),
                 types.FaceAnalyzer.Input("analyzer", optional=True, tooltip="ArcFace embeddings (buffalo_l)."),
                 io.ClipVision.Input("clip_vision", optional=True,
                                     tooltip="CLIP-ViT-H/14 for the ID tokens and the region tokens."),
@@ -206,6 +207,9 @@ class TrainConsistentID(io.ComfyNode):
         require_choice(NODE, "train", train, TRAIN_CHOICES)
         require_choice(NODE, "loc_attention", loc_attention, ATTENTIONS)
         require_choice(NODE, "pairing", pairing, PAIRINGS)
+        require_choice(NODE, "precision", precision, PRECISIONS)
+        require_choice(NODE, "loc_loss", loc_loss, LOSSES)
+        require_choice(NODE, "blocks", blocks, BLOCK_CHOICES)
         regions = face_parser is not None and clip_vision is not None
         needing = {"train": train if "facial_encoder" in TRAIN_CHOICES[train] else None,
                    "loc_attention": loc_attention if loc_attention == "self" else None}
@@ -217,6 +221,8 @@ class TrainConsistentID(io.ComfyNode):
         if regions and not adapter.groups.get("FacialEncoder"):
             raise InputError(NODE, "adapter", "the adapter has no FacialEncoder weights to fuse region tokens with.",
                              "load an official ConsistentID file, or disconnect face_parser.")
+        require_base_model(NODE, model, adapter, "adapter", "pick the ConsistentID file made for this base model "
+                           "(ConsistentID-v1.bin for SD1.5, ConsistentID_SDXL-v1.bin for SDXL).")
         options = JobOptions(train=TRAIN_CHOICES[train], loc_weight=loc_weight, loc_loss=loc_loss, blocks=blocks,
                              paired=paired, resolution=resolution, drop_background=drop_background,
                              gradient_checkpointing=gradient_checkpointing, attention=loc_attention, pairing=pairing)

@@ -29,7 +29,7 @@ from ..models.layouts.unet_attention import UNETS, UNetAttentionConfig
 from ..models.training import attention_maps as maps_engine
 from ..models.training.attention_hooks import IdentityBranch, TrainingHooks
 from ..models.training.dataset import CachedDataset, Sample
-from ..models.training.losses import localisation_loss, mask_mass, resize_mask
+from ..models.training.losses import LOSSES, localisation_loss, mask_mass, resize_mask
 from ..models.training.objective import noise_loss, sample_noise
 from ..models.training.trainables import AdapterTrainables, flat_for_safetensors
 from ..models.training.trainer import Trainer, TrainConfig
@@ -64,6 +64,8 @@ class JobOptions:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
         if self.blocks not in BLOCK_CHOICES:
             raise ValueError(f"blocks must be one of {BLOCK_CHOICES}, got {self.blocks!r}")
+        if self.loc_loss not in LOSSES:     # checked here, not at the first step after the dataset is cached
+            raise ValueError(f"loc_loss must be one of {LOSSES}, got {self.loc_loss!r}")
 
     def map_normalisation(self, family: str) -> str:
         """auto: the released code's per-head max for self-attention maps; StoryMaker's probabilities for its MSE
@@ -146,8 +148,11 @@ def make_prepare(vae, clip, resolution: int, face_parser=None, analyzer=None, cl
         image = load_rgb(path, resolution)
         if facial is not None and face_parser is not None and clip_vision is not None:
             out = {"latent": vae.encode(image[..., :3])[0].float()}
-            out.update(facial_items(clip, clip_vision, face_parser, image, sample.caption, facial,
-                                    tuple(out["latent"].shape[-2:])))
+            hw = tuple(out["latent"].shape[-2:])
+            out.update(facial_items(clip, clip_vision, face_parser, image, sample.caption, facial, hw))
+            file_mask = _mask_file(path, resolution)      # the user's own face mask wins over the parser's
+            if file_mask is not None:
+                out["mask"] = resize_mask(file_mask, hw).view(hw)
             out["arcface"] = _arcface(analyzer, image)
             return out
         out = latent_and_text(vae, clip, image, sample.caption)
@@ -160,8 +165,11 @@ def make_prepare(vae, clip, resolution: int, face_parser=None, analyzer=None, cl
             mask = torch.ones(1, resolution, resolution)
         out["mask"] = resize_mask(mask, tuple(out["latent"].shape[-2:])).view(out["latent"].shape[-2:])
         out["arcface"] = _arcface(analyzer, image)
-        if clip_vision is not None:
-            out["clip_states"] = clip_vision.encode_image(image, crop=True)["penultimate_hidden_states"][0].float()
+        if clip_vision is not None:   # the CLIP preprocessing of inference and of the region path
+            from .consistentid_encode import encode_states
+
+            u8 = (image[..., :3] * 255.0).round().clamp(0, 255).to(torch.uint8)
+            out["clip_states"] = encode_states(clip_vision, u8, "official")[0]
         else:
             out["clip_states"] = torch.zeros(257, 1280)
         return out

@@ -29,7 +29,7 @@ from .visual_persona_encode import DINOV2_ATTR, compute_device_dtype
 from .visual_persona_encode import check_inputs as check_encoder_inputs
 from .training import forget_state, output_paths, resolve_folder, run_job
 from .training_run import IdentitySession, JobOptions, latent_and_text, layout_for, load_rgb, weights_fingerprint
-from .validate import require_choice
+from .validate import require_base_model, require_choice
 
 NODE = "PartID Train Visual Persona"
 TRAIN_CHOICES = {"decoder + id_kv": ("decoder", "id_kv"), "decoder": ("decoder",), "id_kv": ("id_kv",)}
@@ -97,12 +97,17 @@ def run_vp_training(model, vae, clip, adapter, dinov2, body_parser, folder: str,
     return trainer.state.history, out_path
 
 
-def check_inputs(adapter, dinov2, body_parser, folder: str, train: str) -> None:
+def check_inputs(model, adapter, dinov2, body_parser, folder: str, train: str, precision: str = "bf16",
+                 loc_loss: str = "consistentid") -> None:
     check_encoder_inputs(dinov2, adapter, NODE)
     check_body_parser(body_parser, NODE, "body_parser")
     if not folder or not os.path.isdir(folder):
         raise InputError(NODE, "folder", f"'{folder}' is not a folder.", "give the path of a folder of images.")
     require_choice(NODE, "train", train, TRAIN_CHOICES)
+    require_choice(NODE, "precision", precision, PRECISIONS)
+    require_choice(NODE, "loc_loss", loc_loss, LOSSES)
+    require_base_model(NODE, model, adapter, "model", "Visual Persona is made for SDXL: connect an SDXL 1.0 "
+                       "checkpoint's MODEL.")
 
 
 class TrainVisualPersona(io.ComfyNode):
@@ -158,7 +163,7 @@ class TrainVisualPersona(io.ComfyNode):
                 loc_loss="consistentid", paired=True, resolution=1024, save_every=100, resume=True,
                 grad_accumulation=1, gradient_checkpointing=False):
         folder = resolve_folder(folder)
-        check_inputs(adapter, dinov2, body_parser, folder, train)
+        check_inputs(model, adapter, dinov2, body_parser, folder, train, precision, loc_loss)
         options = JobOptions(train=TRAIN_CHOICES[train], loc_weight=loc_weight, loc_loss=loc_loss, paired=paired,
                              resolution=resolution, gradient_checkpointing=gradient_checkpointing)
         config = TrainConfig(steps=steps, batch_size=batch_size, grad_accumulation=grad_accumulation,

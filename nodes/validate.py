@@ -22,3 +22,17 @@ def check_identity_mask(node: str, mask) -> None:
                          "connect a MASK output (e.g. Load Image's mask, a Solid Mask or PartID Body Parts).")
     if not torch.isfinite(mask).all():
         raise InputError(node, "mask", "the mask holds NaN or infinite values.", "connect a mask with values in 0..1.")
+
+
+def require_base_model(node: str, model, adapter, input_name: str, fix: str) -> None:
+    """The MODEL is a ComfyUI model of the adapter's base (text width); InputError naming `input_name` else."""
+    from ..models import model_files
+    from ..models.errors import ModelFileError
+
+    unet_config = getattr(getattr(getattr(model, "model", None), "model_config", None), "unet_config", None)
+    if unet_config is None:
+        raise InputError(node, "model", f"expected a MODEL, got {type(model).__name__}.", "connect a checkpoint's MODEL.")
+    try:
+        model_files.check_base(adapter, unet_config.get("context_dim"), type(model.model).__name__)
+    except ModelFileError as exc:
+        raise InputError(node, input_name, str(exc).removeprefix("[PartID] ").split(" Fix: ")[0], fix) from exc

@@ -20,31 +20,24 @@ import logging
 import torch
 from comfy_api.latest import io
 
-from ..models import model_files
-from ..models.errors import InputError, ModelFileError
+from ..models.errors import InputError
 from ..models.identity_tokens import IdentityTokens
 from ..models.layouts.unet_attention import SDXL, UNetAttentionConfig
 from . import canvas_ui, types
 from .identity_tokens import is_identity
 from .attention_patch import IdentityGroup, IdentitySource, install_identity_group, ip_weights_by_block, sigma_window
-from .validate import check_identity_mask
+from .validate import check_identity_mask, require_base_model
 from .visual_persona_encode import SOURCE
 
 NODE = "PartID Visual Persona Apply"
+VISUAL_PERSONA_BASE_FIX = "Visual Persona is made for SDXL: connect an SDXL 1.0 checkpoint's MODEL."
 
 
 def check_inputs(model, adapter, identity) -> None:
     if getattr(adapter, "family", None) != "Visual Persona" or "ip_adapter" not in getattr(adapter, "groups", {}):
         raise InputError(NODE, "adapter", "this is not a Visual Persona adapter.",
                          "connect the PartID Visual Persona Loader's output.")
-    unet_config = getattr(getattr(getattr(model, "model", None), "model_config", None), "unet_config", None)
-    if unet_config is None:
-        raise InputError(NODE, "model", f"expected a MODEL, got {type(model).__name__}.", "connect an SDXL checkpoint's MODEL.")
-    try:
-        model_files.check_base(adapter, unet_config.get("context_dim"), type(model.model).__name__)
-    except ModelFileError as exc:
-        raise InputError(NODE, "model", str(exc).removeprefix("[PartID] ").split(" Fix: ")[0],
-                         "Visual Persona is made for SDXL: connect an SDXL 1.0 checkpoint's MODEL.") from exc
+    require_base_model(NODE, model, adapter, "model", VISUAL_PERSONA_BASE_FIX)
     if not is_identity(identity):
         raise InputError(NODE, "identity", f"expected PartID identity tokens, got {type(identity).__name__}.",
                          "connect the identity output of PartID Visual Persona Encode.")

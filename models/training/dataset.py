@@ -73,8 +73,9 @@ def file_digest(path: str) -> str:
 
 
 # Part of every cache key: raise it when what the prepare functions compute changes, so caches written
-# by an older PartID are recomputed (2: ConsistentID region masks cut at the parse size, then resized).
-CACHE_FORMAT = 2
+# by an older PartID are recomputed (2: ConsistentID region masks cut at the parse size, then resized;
+# 3: a *_mask.png also applies with fused regions, CLIP-H states with the official preprocessing everywhere).
+CACHE_FORMAT = 3
 
 
 class CachedDataset:

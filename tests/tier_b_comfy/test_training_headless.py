@@ -163,7 +163,8 @@ def test_cache_key_separates_families_and_models(comfy):
                                          ({"family": "ConsistentID", "analyzer_provider": "gpu"}, "analyzer_provider"),
                                          ({"family": "ConsistentID", "train": ["facial_encoder"]}, "train"),
                                          ({"family": "ConsistentID", "attention": "self"}, "attention"),
-                                         ({"attention": "self"}, "attention")])
+                                         ({"attention": "self"}, "attention"),
+                                         ({"precision": "fp8"}, "precision"), ({"loc_loss": "l2"}, "loc_loss")])
 def test_config_errors_name_the_key(comfy, data, tiny_vp_file, tmp_path, change, key):
     from partid.cli import train
     from partid.models.errors import InputError

@@ -206,7 +206,9 @@ def test_prepared_regions_fuse_exactly_as_the_inference_nodes(comfy, model_dirs,
 
 @pytest.mark.parametrize("inputs, named", [({"train": "facial_encoder + lora"}, "train"),
                                            ({"loc_attention": "self"}, "loc_attention"),
-                                           ({"loc_attention": "sideways"}, "loc_attention")])
+                                           ({"loc_attention": "sideways"}, "loc_attention"),
+                                           ({"precision": "fp8"}, "precision"), ({"loc_loss": "l2"}, "loc_loss"),
+                                           ({"blocks": "some"}, "blocks")])
 def test_the_node_refuses_region_training_without_a_parser_and_names_the_input(comfy, data, inputs, named):
     from types import SimpleNamespace
 
@@ -223,3 +225,57 @@ def test_the_node_refuses_region_training_without_a_parser_and_names_the_input(c
     message = str(err.value)
     assert type(err.value).__name__ == "InputError"
     assert "PartID Train ConsistentID" in message and named in message
+
+
+def test_the_node_refuses_an_adapter_of_another_base_before_preparing_data(comfy, data, tmp_path):
+    """An SD1.5 ConsistentID file on an SDXL model: named at once (was a bare ValueError after the dataset cache)."""
+    from fixtures_builders import adapters
+    from fixtures_builders.training import tiny_sdxl_patcher
+
+    from partid.models import model_files
+
+    adapter = model_files.load_adapter(str(adapters.consistentid_bin("sd15")), "ConsistentID")
+    node = comfy.nodes.NODE_CLASS_MAPPINGS["PartIDTrainConsistentID"]
+    with pytest.raises(ValueError) as err, torch.inference_mode():
+        node.execute(model=tiny_sdxl_patcher(), vae=None, clip=None, adapter=adapter, folder=str(data),
+                     train="id_kv")
+    message = str(err.value)
+    # vae=None: had the dataset been prepared first, this would be an AttributeError from the VAE encode.
+    assert type(err.value).__name__ == "InputError" and "input 'adapter'" in message and "SDXL" in message
+
+
+def test_a_users_mask_file_is_the_face_mask_with_fused_regions_too(comfy, model_dirs, sd15_clip_vae, tmp_path):
+    """README: a *_mask.png is used whenever present. With a face parser and CLIP vision connected (the fused-region
+    path) it used to be ignored silently for the parser's face mask."""
+    from pathlib import Path
+
+    import numpy as np
+    from fixtures_builders.clip_vision import link_clip_vision
+    from fixtures_builders.photos import astronaut
+    from PIL import Image
+
+    from partid.models.face_parsing import face_parser_from
+    from partid.models.training.dataset import Sample
+    from partid.models.training.losses import resize_mask
+    from partid.nodes.training_regions import FacialText
+    from partid.nodes.training_run import make_prepare
+
+    nodes = comfy.nodes.NODE_CLASS_MAPPINGS
+    comfy.folder_paths.add_model_folder_path("clip_vision", str(link_clip_vision(Path(model_dirs)).parent))
+    clip, vae = sd15_clip_vae[0], sd15_clip_vae[1]
+    Image.fromarray(astronaut()).save(tmp_path / "astronaut.png")
+    box = np.zeros((512, 512), np.uint8)
+    box[64:320, 128:384] = 255
+    with torch.inference_mode():
+        (clip_vision,) = comfy.nodes.CLIPVisionLoader().load_clip("CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors")
+        (parser,) = comfy.run(nodes["PartIDFaceParserLoader"], parser="bisenet_face_parsing")[0]
+    prepare = make_prepare(vae, clip, 128, face_parser=face_parser_from(parser, "cpu"), clip_vision=clip_vision,
+                           facial=FacialText("sd15"))
+    sample = Sample("astronaut.png", "a photo of a person", "p")
+    from_parser = prepare(str(tmp_path / "astronaut.png"), sample)
+    Image.fromarray(box).save(tmp_path / "astronaut_mask.png")
+    from_file = prepare(str(tmp_path / "astronaut.png"), sample)
+    expected = resize_mask(torch.from_numpy(box).float()[None] / 255, (16, 16)).view(16, 16)
+    assert "region_masks" in from_file and float((from_file["mask"] - expected).abs().max()) < 0.1  # edge blur of the 128 px resize
+    assert float((from_parser["mask"] - expected).abs().max()) > 0.3
+    assert torch.equal(from_file["region_masks"], from_parser["region_masks"])     # regions stay the parser's

@@ -150,3 +150,25 @@ def test_trains_on_photos_and_the_loader_reads_the_result(comfy, model_dirs, tin
     states = Path(comfy.folder_paths.get_output_directory()) / "partid_training"
     for p in [*written, *states.glob("partid_test_vp_*.state.*")]:
         p.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("change, named", [({"precision": "fp8"}, "precision"), ({"loc_loss": "l2"}, "loc_loss"),
+                                           ({"model": "sd15"}, "model")])
+def test_bad_inputs_are_named_before_any_image_is_prepared(comfy, model_dirs, tiny_vp, photos, change, named):
+    """ComfyUI 0.3.64 does not check combo values; an SD1.5 MODEL was a bare ValueError after the dataset cache."""
+    from fixtures_builders.sd_models import tiny_sd15_patcher
+    from fixtures_builders.training import tiny_sdxl_patcher
+
+    (adapter,) = run_node(comfy, "PartIDVisualPersonaLoader", adapter=tiny_vp)
+    (dinov2,) = run_node(comfy, "PartIDDINOv2Loader", dinov2="dinov2_vits14_pretrain.pth")
+    (parser,) = run_node(comfy, "PartIDBodyParserLoader", parser="segformer_b2_clothes")
+    inputs = dict(model=tiny_sdxl_patcher(), vae=None, clip=None, adapter=adapter, dinov2=dinov2, body_parser=parser,
+                  folder=str(photos), train="id_kv", precision="fp32", resume=False)
+    inputs.update(change)
+    if inputs["model"] == "sd15":
+        inputs["model"] = tiny_sd15_patcher()
+    node = comfy.nodes.NODE_CLASS_MAPPINGS["PartIDTrainVisualPersona"]
+    with pytest.raises(ValueError) as err, torch.inference_mode():   # vae=None: preparing an image would crash
+        node.execute(**inputs)
+    assert type(err.value).__name__ == "InputError"
+    assert "PartID Train Visual Persona" in str(err.value) and f"input '{named}'" in str(err.value)
