@@ -292,7 +292,7 @@ def run(config: dict, model=None, clip=None, vae=None, adapter=None, layout=None
 
     from ..models.training.dataset import CachedDataset
     from ..models.training.trainer import TrainConfig
-    from ..nodes.training_run import IdentitySession, JobOptions, layout_for, run_consistentid
+    from ..nodes.training_run import IdentitySession, JobOptions, layout_for, run_consistentid, weights_fingerprint
 
     family = check_config(config, model is not None, adapter is not None, prepare is not None)
     vp = family == "Visual Persona"
@@ -336,8 +336,10 @@ def run(config: dict, model=None, clip=None, vae=None, adapter=None, layout=None
             if os.path.isfile(state + suffix):
                 os.remove(state + suffix)
     facial = (models or {}).get("facial")
-    dataset = CachedDataset(config["folder"], prepare,
-                            cache_key(config, family, options.resolution, facial.key if facial else ""),
+    # The VAE's and CLIP's weights, not only the checkpoint's path: a file replaced at the same path must not
+    # reuse the old latents and text (as the trainer nodes key them).
+    extra = "|".join((facial.key if facial else "", weights_fingerprint(vae), weights_fingerprint(clip)))
+    dataset = CachedDataset(config["folder"], prepare, cache_key(config, family, options.resolution, extra),
                             cache_dir=config.get("cache_dir"),
                             default_caption=config.get("caption", "a photo of a person"))
     dataset.prepare_all(rank, world)
