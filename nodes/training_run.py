@@ -176,14 +176,20 @@ def make_prepare(vae, clip, resolution: int, face_parser=None, analyzer=None, cl
     return prepare
 
 
+# Below the Face Analysis node's 0.5: a training image is one person's photo, and a face missed here would
+# train that image on the all-zero (unconditional) embedding instead of its identity.
+TRAINING_DET_THRESH = 0.3
+
+
 def _arcface(analyzer, image: torch.Tensor) -> torch.Tensor:
-    """[512] normed ArcFace of the largest face; zeros without an analyzer or a face (official uncond)."""
+    """[512] normed ArcFace of the largest face (colour order BGR, as the official training fed insightface);
+    zeros without an analyzer or a face (official uncond)."""
     if analyzer is None:
         return torch.zeros(512)
     from ..models.face_analysis import analyze
 
     u8 = (image[0] * 255).round().to(torch.uint8).numpy()
-    found = analyze(analyzer, [u8], det_thresh=0.3, on_no_face="bypass")
+    found = analyze(analyzer, [u8], det_thresh=TRAINING_DET_THRESH, on_no_face="bypass")
     return torch.from_numpy(found.embeddings(normed=True)[0]).float()
 
 

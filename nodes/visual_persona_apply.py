@@ -24,7 +24,7 @@ from ..models.errors import InputError
 from ..models.identity_tokens import IdentityTokens
 from ..models.layouts.unet_attention import SDXL, UNetAttentionConfig
 from . import canvas_ui, types
-from .identity_tokens import is_identity
+from .identity_tokens import require_identity
 from .attention_patch import IdentityGroup, IdentitySource, install_identity_group, ip_weights_by_block, sigma_window
 from .validate import check_identity_mask, require_base_model
 from .visual_persona_encode import SOURCE
@@ -38,9 +38,7 @@ def check_inputs(model, adapter, identity) -> None:
         raise InputError(NODE, "adapter", "this is not a Visual Persona adapter.",
                          "connect the PartID Visual Persona Loader's output.")
     require_base_model(NODE, model, adapter, "model", VISUAL_PERSONA_BASE_FIX)
-    if not is_identity(identity):
-        raise InputError(NODE, "identity", f"expected PartID identity tokens, got {type(identity).__name__}.",
-                         "connect the identity output of PartID Visual Persona Encode.")
+    require_identity(NODE, "identity", identity)
     if identity.source != SOURCE:
         raise InputError(NODE, "identity", f"these identity tokens come from '{identity.source}', not Visual Persona.",
                          "apply them with their own adapter's apply node.")
