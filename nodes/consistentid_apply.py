@@ -27,11 +27,9 @@ from . import canvas_ui, managed, types
 from .attention_patch import (IdentityGroup, IdentitySource, add_adapter_lora, install_identity_group,
                               ip_weights_by_block, sigma_window)
 from .face_analysis import SKIPPED_ATTR
-from .validate import check_identity_mask, require_base_model, require_choice
+from .validate import CONSISTENTID_BASE_FIX, check_identity_mask, require_base_model, require_choice
 
 NODE = "PartID ConsistentID Apply"
-CONSISTENTID_BASE_FIX = ("pick the ConsistentID file made for this base model (ConsistentID-v1.bin for SD1.5, "
-                         "ConsistentID_SDXL-v1.bin for SDXL).")
 _CACHE_ATTR = "_partid_proj_plus"     # managed.Managed (ProjPlus) kept on the adapter object
 
 

@@ -29,7 +29,7 @@ from . import managed, types
 from .training_regions import FacialText
 from .training_run import (ATTENTIONS, BLOCK_CHOICES, ConsistentIDSession, JobOptions, layout_for, make_prepare,
                            run_consistentid, weights_fingerprint)
-from .validate import require_base_model, require_choice
+from .validate import CONSISTENTID_BASE_FIX, require_base_model, require_choice
 
 NODE = "PartID Train ConsistentID"
 TRAIN_CHOICES = {"proj_plus + id_kv + lora": ("proj_plus", "id_kv", "lora"), "id_kv": ("id_kv",),
@@ -221,8 +221,7 @@ class TrainConsistentID(io.ComfyNode):
         if regions and not adapter.groups.get("FacialEncoder"):
             raise InputError(NODE, "adapter", "the adapter has no FacialEncoder weights to fuse region tokens with.",
                              "load an official ConsistentID file, or disconnect face_parser.")
-        require_base_model(NODE, model, adapter, "adapter", "pick the ConsistentID file made for this base model "
-                           "(ConsistentID-v1.bin for SD1.5, ConsistentID_SDXL-v1.bin for SDXL).")
+        require_base_model(NODE, model, adapter, "adapter", CONSISTENTID_BASE_FIX)
         options = JobOptions(train=TRAIN_CHOICES[train], loc_weight=loc_weight, loc_loss=loc_loss, blocks=blocks,
                              paired=paired, resolution=resolution, drop_background=drop_background,
                              gradient_checkpointing=gradient_checkpointing, attention=loc_attention, pairing=pairing)

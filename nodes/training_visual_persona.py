@@ -29,7 +29,7 @@ from .visual_persona_encode import DINOV2_ATTR, compute_device_dtype
 from .visual_persona_encode import check_inputs as check_encoder_inputs
 from .training import forget_state, output_paths, resolve_folder, run_job
 from .training_run import IdentitySession, JobOptions, latent_and_text, layout_for, load_rgb, weights_fingerprint
-from .validate import require_base_model, require_choice
+from .validate import VISUAL_PERSONA_BASE_FIX, require_base_model, require_choice
 
 NODE = "PartID Train Visual Persona"
 TRAIN_CHOICES = {"decoder + id_kv": ("decoder", "id_kv"), "decoder": ("decoder",), "id_kv": ("id_kv",)}
@@ -106,8 +106,7 @@ def check_inputs(model, adapter, dinov2, body_parser, folder: str, train: str, p
     require_choice(NODE, "train", train, TRAIN_CHOICES)
     require_choice(NODE, "precision", precision, PRECISIONS)
     require_choice(NODE, "loc_loss", loc_loss, LOSSES)
-    require_base_model(NODE, model, adapter, "model", "Visual Persona is made for SDXL: connect an SDXL 1.0 "
-                       "checkpoint's MODEL.")
+    require_base_model(NODE, model, adapter, "model", VISUAL_PERSONA_BASE_FIX)
 
 
 class TrainVisualPersona(io.ComfyNode):

@@ -24,6 +24,11 @@ def check_identity_mask(node: str, mask) -> None:
         raise InputError(node, "mask", "the mask holds NaN or infinite values.", "connect a mask with values in 0..1.")
 
 
+CONSISTENTID_BASE_FIX = ("pick the ConsistentID file made for this base model (ConsistentID-v1.bin for SD1.5, "
+                         "ConsistentID_SDXL-v1.bin for SDXL).")
+VISUAL_PERSONA_BASE_FIX = "Visual Persona is made for SDXL: connect an SDXL 1.0 checkpoint's MODEL."
+
+
 def require_base_model(node: str, model, adapter, input_name: str, fix: str) -> None:
     """The MODEL is a ComfyUI model of the adapter's base (text width); InputError naming `input_name` else."""
     from ..models import model_files

@@ -26,11 +26,10 @@ from ..models.layouts.unet_attention import SDXL, UNetAttentionConfig
 from . import canvas_ui, types
 from .identity_tokens import require_identity
 from .attention_patch import IdentityGroup, IdentitySource, install_identity_group, ip_weights_by_block, sigma_window
-from .validate import check_identity_mask, require_base_model
+from .validate import VISUAL_PERSONA_BASE_FIX, check_identity_mask, require_base_model
 from .visual_persona_encode import SOURCE
 
 NODE = "PartID Visual Persona Apply"
-VISUAL_PERSONA_BASE_FIX = "Visual Persona is made for SDXL: connect an SDXL 1.0 checkpoint's MODEL."
 
 
 def check_inputs(model, adapter, identity) -> None:
