@@ -90,12 +90,12 @@ def run_partid(pack, patcher, base: str, size: int, steps: int, precision: str, 
     device = torch.device(patcher.load_device)
     with torch.inference_mode(False):
         layout = TINY_SD15_LAYOUT if tiny else UNETS[base]
-        session = training_run.ConsistentIDSession(patcher, adapter_groups(base, layout, official), layout, options,
-                                                   dataset, device, shortcut=base == "sdxl")
+        session = training_run.IdentitySession(patcher, adapter_groups(base, layout, official), layout, options,
+                                               dataset, device, shortcut=base == "sdxl")
         harness.sync(device.type)
         start = time.perf_counter()
-        training_run.run_consistentid(session, TrainConfig(steps=steps, precision=precision, learning_rate=1e-4),
-                                      "/tmp/partid_bench_train.safetensors", None)
+        training_run.run_session(session, TrainConfig(steps=steps, precision=precision, learning_rate=1e-4),
+                                 "/tmp/partid_bench_train.safetensors", None)
         harness.sync(device.type)
     return time.perf_counter() - start
 

@@ -60,14 +60,24 @@ def add_subcommand(sub) -> None:
 
 
 def load_config(path: str, sets: list[str]) -> dict:
-    with open(path, encoding="utf-8") as fh:
-        config = json.load(fh)
+    """The config file's JSON object with the --set KEY=VALUE overrides applied (VALUE as JSON if it parses)."""
+    from .workflow import parse_value
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            config = json.load(fh)
+    except OSError as exc:
+        raise _error("--config", f"cannot read {path}: {exc.strerror or exc}.", "give the path of a JSON file.")
+    except ValueError as exc:
+        raise _error("--config", f"{path} is not valid JSON ({exc}).", "fix the file (a JSON object of keys).")
+    if not isinstance(config, dict):
+        raise _error("--config", f"{path} holds a {type(config).__name__}, not a JSON object.",
+                     'write the keys as an object: {"checkpoint": "...", "adapter": "...", ...}.')
     for item in sets:
-        key, _, value = item.partition("=")
-        try:
-            config[key] = json.loads(value)
-        except json.JSONDecodeError:
-            config[key] = value
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise _error("--set", f"{item!r} is not KEY=VALUE.", "write it as --set steps=200 (no spaces around =).")
+        config[key.strip()] = parse_value(value)
     return config
 
 
@@ -169,7 +179,7 @@ def _loaded(key: str, read):
     try:
         return read()
     except ModelFileError as exc:
-        raise _error(key, str(exc).removeprefix("[PartID] "), "give a file of the right kind.") from exc
+        raise exc.at_input(WHERE, key, "give a file of the right kind.") from exc
 
 
 def load_face_parser(path: str):
@@ -291,8 +301,8 @@ def run(config: dict, model=None, clip=None, vae=None, adapter=None, layout=None
     import torch
 
     from ..models.training.dataset import CachedDataset
-    from ..models.training.trainer import TrainConfig
-    from ..nodes.training_run import IdentitySession, JobOptions, layout_for, run_consistentid, weights_fingerprint
+    from ..models.training.trainer import TrainConfig, remove_state
+    from ..nodes.training_run import IdentitySession, JobOptions, layout_for, run_session, weights_fingerprint
 
     family = check_config(config, model is not None, adapter is not None, prepare is not None)
     vp = family == "Visual Persona"
@@ -332,9 +342,7 @@ def run(config: dict, model=None, clip=None, vae=None, adapter=None, layout=None
     output = config["output"]
     state = config.get("state", output + ".state")
     if not config.get("resume", True) and rank == 0:
-        for suffix in (".pt", ".safetensors"):
-            if os.path.isfile(state + suffix):
-                os.remove(state + suffix)
+        remove_state(state)
     facial = (models or {}).get("facial")
     # The VAE's and CLIP's weights, not only the checkpoint's path: a file replaced at the same path must not
     # reuse the old latents and text (as the trainer nodes key them).
@@ -349,11 +357,8 @@ def run(config: dict, model=None, clip=None, vae=None, adapter=None, layout=None
 
         dist.barrier()   # every shard cached (and a stale state removed) before anyone reads
     device = torch.device(model.load_device)
-    groups = adapter.groups
-    if vp:   # the decoder is built by assignment: copies, so loaded (maybe inference) tensors never train
-        groups = {**groups, "image_proj": {k: v.clone() for k, v in groups["image_proj"].items()}}
     with torch.inference_mode(False):
-        session = IdentitySession(model, groups, layout, options, dataset, device,
+        session = IdentitySession(model, adapter.groups, layout, options, dataset, device,
                                   shortcut=adapter.format.base == "sdxl", family=family)
 
         def progress(step, steps, logs):
@@ -361,8 +366,8 @@ def run(config: dict, model=None, clip=None, vae=None, adapter=None, layout=None
                 log.info("step %d/%d loss %.5f noise %.5f loc %.5f", step, steps, logs.get("loss", 0.0),
                          logs.get("noise", 0.0), logs.get("loc", float("nan")))
 
-        trainer = run_consistentid(session, train_config, output, state, progress=progress,
-                                   distributed=world > 1)
+        trainer = run_session(session, train_config, output, state, progress=progress,
+                              distributed=world > 1)
     if world > 1:
         import torch.distributed as dist
 
@@ -375,9 +380,9 @@ def main(args) -> int:
     from .client import EXIT_USAGE
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    config = load_config(args.config, args.sets)
-    setup_comfyui(config)
     try:
+        config = load_config(args.config, args.sets)
+        setup_comfyui(config)
         run(config)
     except PartIDError as exc:   # a config or model-file problem: the message names the key and the fix
         log.error("%s", exc)

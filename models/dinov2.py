@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layouts.dinov2 import DINOV2_SIZES, DINOv2Config
+from .layouts.dinov2 import DINOV2_SIZES, DINOv2Config, block_count, ffn_of
 from .errors import ModelFileError
 
 INTERPOLATE_OFFSET = 0.1      # the original's "avoid floating point error" kludge (facebookresearch/dino#8)
@@ -185,8 +185,8 @@ def config_of_state(state: dict, heads: int | None = None) -> DINOv2Config:
                              "plain dinov2_vit*14_pretrain.pth (Visual Persona uses dinov2_vitg14_pretrain.pth).")
     dim = state["cls_token"].shape[-1]
     patch = state["patch_embed.proj.weight"].shape[-1]
-    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
-    swiglu = "blocks.0.mlp.w12.weight" in state
+    depth = block_count(state)
+    swiglu = ffn_of(state) == "swiglu"
     hidden = state["blocks.0.mlp.w3.weight" if swiglu else "blocks.0.mlp.fc1.weight"].shape[1 if swiglu else 0]
     grid = int(math.sqrt(state["pos_embed"].shape[1] - 1))
     known = next((c for c in DINOV2_SIZES.values() if c.embed_dim == dim), None)

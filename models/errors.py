@@ -25,6 +25,13 @@ class InputError(PartIDError, ValueError):
 class ModelFileError(PartIDError, FileNotFoundError):
     """A model file is missing, unreadable, unsafe, or of the wrong kind."""
 
+    def at_input(self, node: str, input_name: str, fix: str, override: bool = False) -> InputError:
+        """This error reported at the node input that named the file: its text is the problem; the fix is the
+        one the message carries when it has one ("... Fix: download it again"), else `fix` (always `fix` with
+        override, for a caller that knows better, e.g. which adapter file fits the base model)."""
+        problem, sep, own = str(self).removeprefix("[PartID] ").partition(" Fix: ")
+        return InputError(node, input_name, problem, fix if override or not sep else own)
+
 
 class UnsafeCheckpointError(ModelFileError):
     """A pickle checkpoint that needs arbitrary code to load; refused."""

@@ -42,6 +42,14 @@ class IdentityTokens:
         if sum(self.sizes) != self.cond.shape[1]:
             raise ValueError(f"group sizes {self.sizes} do not add up to {self.cond.shape[1]} tokens")
 
+    @classmethod
+    def from_parts(cls, cond: torch.Tensor, uncond: torch.Tensor, groups, source: str) -> "IdentityTokens":
+        """Per-part tokens cond [R, P, T, W] and uncond [P, T, W] (one group of T tokens per part, weight 1, in
+        `groups` order) -> tokens [R, P*T, W] on the CPU in float32."""
+        r, p, t, w = cond.shape
+        return cls(cond.float().cpu().reshape(r, p * t, w), uncond.float().cpu().reshape(1, p * t, w),
+                   tuple(groups), (t,) * p, (1.0,) * p, source)
+
     @property
     def references(self) -> int:
         return self.cond.shape[0]

@@ -5,6 +5,7 @@ ComfyUI IMAGEs are float [B,H,W,C] in 0..1; real inputs also arrive as RGBA (C=4
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .errors import InputError
@@ -58,10 +59,34 @@ def to_rgb_batch(image: torch.Tensor, node: str, input_name: str = "image",
     return image.contiguous(), mask
 
 
-def to_uint8_hwc(image: torch.Tensor) -> "numpy.ndarray":  # noqa: F821
-    """One [H,W,3] float image -> uint8 numpy, rounding as PIL does when saving."""
-    return (image.detach().cpu().clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()
+def as_mask_batch(mask, batch: int) -> torch.Tensor:
+    """A ComfyUI MASK for `batch` images: [H, W] or [1 or batch, H, W] -> float [1 or batch, H, W] (1 = shared by
+    every image). ValueError naming the shape otherwise, for the caller to turn into its node's InputError."""
+    ok = isinstance(mask, torch.Tensor) and (mask.ndim == 2 or (mask.ndim == 3 and mask.shape[0] in (1, batch)))
+    if not ok or min(mask.shape[-2:]) < 1:
+        shape = list(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"the mask has shape {shape} for {batch} image(s)")
+    return (mask.unsqueeze(0) if mask.ndim == 2 else mask).float()
+
+
+def to_uint8(image: torch.Tensor) -> torch.Tensor:
+    """Float 0..1 (any shape) -> uint8 on the CPU, rounded: a loaded 8-bit photo (k / 255) gets its exact pixels
+    back, as PIL's save would write them."""
+    return (image.detach().float().cpu().clamp(0, 1) * 255.0).round().to(torch.uint8)
+
+
+def to_uint8_hwc(image: torch.Tensor) -> np.ndarray:
+    """One [H,W,3] float image -> uint8 numpy."""
+    return to_uint8(image).numpy()
 
 
 def from_uint8_hwc(array) -> torch.Tensor:
     return torch.from_numpy(array).float() / 255.0
+
+
+def image_strip(crops: torch.Tensor, size: int = 128) -> torch.Tensor:
+    """uint8 [K,H,W,3] crops -> one IMAGE [1,size,K*size,3] (float 0..1), each crop resized to size x size."""
+    x = crops.permute(0, 3, 1, 2).float() / 255.0
+    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return torch.cat(list(x.clamp(0, 1).permute(0, 2, 3, 1)), dim=1)[None]
+

@@ -14,6 +14,7 @@ import torch
 from . import formats
 from .errors import ModelFileError
 from .labels import BODY_LABEL_SETS, FACE_LABEL_SETS, label_set_of
+from .layouts.dinov2 import block_count, ffn_of
 from .weights import load_state_dict
 
 
@@ -160,6 +161,5 @@ def load_dinov2(path: str) -> DINOv2Weights:
             pass
         raise ModelFileError(f"[PartID] {path} is not a DINOv2 torch-hub checkpoint (no cls_token / "
                              f"patch_embed.proj.weight).{hint}")
-    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
-    ffn = "swiglu" if any(k.endswith("mlp.w12.weight") for k in state) else "mlp"
-    return DINOv2Weights("hub", path, cls.shape[-1], depth, patch.shape[-1], ffn, state_dict=state)
+    return DINOv2Weights("hub", path, cls.shape[-1], block_count(state), patch.shape[-1], ffn_of(state),
+                         state_dict=state)

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .images import as_mask_batch
+
 
 @dataclass(eq=False)  # tensors inside: identity, not value, comparison
 class LabelMap:
@@ -36,6 +38,12 @@ class LabelMap:
             out = torch.maximum(out, (self.maps == self.index_of(name)).float())
         return out
 
+    def pixel_shares(self) -> list[float]:
+        """Each label's share of all pixels of the batch, in label order (the legend's statistics)."""
+        counts = torch.bincount(self.maps.reshape(-1).cpu().clamp(0, len(self.labels) - 1),
+                                minlength=len(self.labels)).float()
+        return (counts / max(1, self.maps.numel())).tolist()
+
     def within(self, mask: torch.Tensor) -> "LabelMap":
         """This map with every pixel outside `mask` (MASK [H, W] or [1 or B, H, W], any size, >= 0.5 inside after
         a bilinear resize) set to label 0, the parsers' background: e.g. one person of several, or a cutout."""
@@ -43,11 +51,7 @@ class LabelMap:
 
         if normalise(self.labels[0]) != "background":
             raise ValueError(f"label 0 of this map is {self.labels[0]!r}, not the background")
-        m = mask.float().to(self.maps.device)
-        m = m.unsqueeze(0) if m.ndim == 2 else m
-        b = self.maps.shape[0]
-        if m.ndim != 3 or m.shape[0] not in (1, b):
-            raise ValueError(f"the mask has shape {list(mask.shape)} for {b} image(s)")
+        m = as_mask_batch(mask, self.maps.shape[0]).to(self.maps.device)
         parse_maps = None if self.parse_maps is None else _keep_inside(self.parse_maps, m)
         return LabelMap(_keep_inside(self.maps, m), self.labels, self.source, parse_maps)
 

@@ -20,6 +20,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .images import to_uint8
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PIXEL_BUDGET = 8 * 512 * 512           # network input pixels per forward pass (batch chunking)
@@ -28,7 +30,7 @@ OUTPUT_BUDGET = 2 ** 28                # bytes of upsampled logits per chunk
 
 def to_uint8_nchw(rgb: torch.Tensor) -> torch.Tensor:
     """[B,H,W,3] float 0..1 -> [B,3,H,W] uint8 on CPU. Rounds, so a loaded 8-bit photo (k/255) is exact."""
-    return (rgb.detach().float().cpu().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 3, 1, 2).contiguous()
+    return to_uint8(rgb).permute(0, 3, 1, 2).contiguous()
 
 
 def resize_bilinear_uint8(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..models import body_parts, face_regions
+from ..models.images import image_strip
 from ..models.label_select import input_id
 from ..models.labels import FACE_LABEL_SETS, label_set_of, normalise
 
@@ -24,15 +25,9 @@ def _colour_function(labels):
     return face_regions.colour_of if label_set_of(list(labels), FACE_LABEL_SETS) else body_parts.colour_of
 
 
-def _pixel_shares(label_map) -> list[float]:
-    counts = torch.bincount(label_map.maps.reshape(-1).cpu().clamp(0, len(label_map.labels) - 1),
-                            minlength=len(label_map.labels)).float()
-    return (counts / max(1, label_map.maps.numel())).tolist()
-
-
 def legend(label_map, group_of: dict[str, str] | None = None, selected=()) -> list[dict]:
     """One entry per label found in the map: name, Select Labels widget id, colour, pixel share, group."""
-    colour, share = _colour_function(label_map.labels), _pixel_shares(label_map)
+    colour, share = _colour_function(label_map.labels), label_map.pixel_shares()
     group_of = {normalise(k): v for k, v in (group_of or {}).items()}
     chosen = {input_id(n) for n in selected}
     names = [n for n, _ in face_regions.legend(label_map.labels)] if colour is face_regions.colour_of \
@@ -82,16 +77,9 @@ def window_and_mask(weight: float, start_at: float, end_at: float, mask) -> list
             ("mask", mask is not None, "masked" if mask is not None else "everywhere")]
 
 
-def identity_strip(crops: torch.Tensor, size: int = 128) -> torch.Tensor:
-    """uint8 [K,H,W,3] crops the encoder sees -> one IMAGE [1,size,K*size,3] (float 0..1) for the node preview."""
-    x = crops.permute(0, 3, 1, 2).float() / 255.0
-    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return torch.cat(list(x.clamp(0, 1).permute(0, 2, 3, 1)), dim=1)[None]
-
-
 def encode_ui(crops: torch.Tensor, names: list[str]) -> dict:
     """Encode nodes: the crops that went to the image encoder, in a strip, named in order."""
-    return {"images": preview_images(identity_strip(crops)), "partid_crops": list(names)}
+    return {"images": preview_images(image_strip(crops)), "partid_crops": list(names)}
 
 
 def preview_images(image: torch.Tensor) -> list:

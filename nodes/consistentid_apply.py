@@ -27,7 +27,8 @@ from . import canvas_ui, managed, types
 from .attention_patch import (IdentityGroup, IdentitySource, add_adapter_lora, install_identity_group,
                               ip_weights_by_block, sigma_window)
 from .face_analysis import SKIPPED_ATTR
-from .validate import CONSISTENTID_BASE_FIX, check_identity_mask, require_base_model, require_choice
+from .validate import (CONSISTENTID_BASE_FIX, check_identity_mask, check_window, require_adapter, require_base_model,
+                       require_choice)
 
 NODE = "PartID ConsistentID Apply"
 _CACHE_ATTR = "_partid_proj_plus"     # managed.Managed (ProjPlus) kept on the adapter object
@@ -41,10 +42,7 @@ def proj_plus_for(adapter, device: torch.device, dtype: torch.dtype) -> ProjPlus
 
 def check_inputs(model, adapter, embeddings, image_states) -> UNetAttentionConfig:
     """The adapter's UNet layout; InputError naming the input for anything that cannot work."""
-    base = getattr(getattr(adapter, "format", None), "base", None)
-    if getattr(adapter, "family", None) != "ConsistentID" or base not in UNETS:
-        raise InputError(NODE, "adapter", "this is not a ConsistentID adapter.",
-                         "connect the PartID ConsistentID Loader's output.")
+    base = require_adapter(NODE, adapter, "ConsistentID", bases=UNETS)
     require_base_model(NODE, model, adapter, "adapter", CONSISTENTID_BASE_FIX)
     if not isinstance(embeddings, torch.Tensor) or embeddings.ndim not in (1, 2) or embeddings.shape[-1] != 512:
         shape = list(embeddings.shape) if isinstance(embeddings, torch.Tensor) else type(embeddings).__name__
@@ -125,9 +123,7 @@ class ConsistentIDApply(io.ComfyNode):
     def execute(cls, model, adapter, embeddings, image_states, weight=1.0, start_at=0.0, end_at=1.0, lora=True,
                 combine="average", mask=None):
         require_choice(NODE, "combine", combine, cid_identity.COMBINE)
-        if start_at > end_at:
-            raise InputError(NODE, "start_at", f"start_at {start_at} is after end_at {end_at}.",
-                             "make start_at smaller than end_at.")
+        check_window(NODE, start_at, end_at)
         check_inputs(model, adapter, embeddings, image_states)
         check_identity_mask(NODE, mask)
         empty = cid_identity.zero_embedding_rows(embeddings)

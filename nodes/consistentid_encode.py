@@ -19,14 +19,14 @@ import torch
 from comfy_api.latest import io
 
 from ..models.consistentid import region_images as ri
-from ..models.consistentid.regions import CLIP_H_WIDTH, REGION_ORDER, RegionStates
+from ..models.consistentid.regions import CLIP_H_WIDTH, REGION_ORDER, SLOT_OF_MASK, RegionStates
 from ..models.errors import InputError
-from ..models.images import to_rgb_batch
+from ..models.images import as_mask_batch, to_rgb_batch, to_uint8
 from . import canvas_ui, managed, types
 from .validate import require_choice
 
 NODE = "PartID ConsistentID Encode"
-MASK_INPUTS = {"face": "face", "eyes": "eye", "ears": "ear", "nose": "nose", "mouth": "lip"}  # input -> slot
+MASK_INPUTS = SLOT_OF_MASK          # the node's mask inputs are Face Regions' mask names
 _UNCOND_ATTR = "_partid_clip_zero_states"
 
 
@@ -115,13 +115,16 @@ class ConsistentIDEncode(io.ComfyNode):
         require_choice(NODE, "preprocess", preprocess, ri.PREPROCESS)
         check_clip_vision(clip_vision)
         rgb, _ = to_rgb_batch(image, NODE)
-        rgb_u8 = (rgb.cpu() * 255.0).round().to(torch.uint8)
+        rgb_u8 = to_uint8(rgb)
         given = {"face": face, "eyes": eyes, "ears": ears, "nose": nose, "mouth": mouth}
         masks = {}
         for name, mask in given.items():
-            if mask is not None and (mask.ndim not in (2, 3) or (mask.ndim == 3 and mask.shape[0] not in (1, rgb.shape[0]))):
-                raise InputError(NODE, name, f"the mask has shape {list(mask.shape)} for {rgb.shape[0]} image(s).",
-                                 "give one mask, or one per image (the same batch as the image).")
+            if mask is not None:
+                try:
+                    mask = as_mask_batch(mask, rgb.shape[0])
+                except ValueError as exc:
+                    raise InputError(NODE, name, f"{exc}.",
+                                     "give one mask, or one per image (the same batch as the image).") from exc
             masks[MASK_INPUTS[name]] = mask
         plan = ri.plan_region_images(rgb_u8, masks)
         for b in range(plan.batch):

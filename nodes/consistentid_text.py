@@ -29,7 +29,7 @@ from ..models.consistentid import prompt as cid_prompt
 from ..models.consistentid.regions import REGION_ORDER
 from ..models.errors import InputError
 from . import managed, types
-from .validate import require_choice
+from .validate import require_adapter, require_choice
 
 NODE = "PartID ConsistentID Text Fusion"
 _CACHE_ATTR = "_partid_facial_encoder"        # managed.Managed (FacialEncoder) kept on the adapter object
@@ -42,7 +42,7 @@ def facial_encoder_for(adapter, device: torch.device, dtype: torch.dtype) -> Fac
                            dtype, load_device=device)
 
 
-def compute_device_dtype(clip) -> tuple[torch.device, torch.dtype]:
+def text_device_dtype(clip) -> tuple[torch.device, torch.dtype]:
     """The CLIP's load device; its text-encoder dtype there (fp32 on the CPU, fp16 for fp8 encoders)."""
     import comfy.model_management as mm
 
@@ -66,15 +66,6 @@ def content_tokenizer(clip, key: str) -> cid_prompt.Tokenize:
 def encode(clip, tokens) -> tuple[torch.Tensor, dict]:
     out = clip.encode_from_tokens(tokens, return_pooled=True, return_dict=True)
     return out.pop("cond"), out
-
-
-def fuse(encoder: FacialEncoder, cond: torch.Tensor, region_tokens: torch.Tensor, positions: list[int]) -> torch.Tensor:
-    """cond [1, T, D] with region_tokens [B, k, D] fused at positions (k of them) -> NEW [B, T, D] (cond if none)."""
-    if not positions:
-        return cond
-    x = cond.to(region_tokens.device).expand(region_tokens.shape[0], -1, -1)
-    out = encoder.fuse_module(x, region_tokens, [positions] * region_tokens.shape[0])
-    return out.to(cond.device)
 
 
 def timed(cond: torch.Tensor, extras: dict, start: float, end: float) -> list:
@@ -150,10 +141,7 @@ class ConsistentIDTextFusion(io.ComfyNode):
         require_choice(NODE, "pairing", pairing, cid_prompt.PAIRINGS)
         if not 0.0 <= merge_at <= 1.0:
             raise InputError(NODE, "merge_at", f"{merge_at} is outside 0..1.", "use a fraction between 0 and 1.")
-        variant = getattr(getattr(adapter, "format", None), "base", None)
-        if variant not in cid_prompt.VARIANTS or getattr(adapter, "family", None) != "ConsistentID":
-            raise InputError(NODE, "adapter", "this is not a ConsistentID adapter.",
-                             "connect the PartID ConsistentID Loader's output.")
+        variant = require_adapter(NODE, adapter, "ConsistentID", bases=cid_prompt.VARIANTS)
         probe = clip.tokenize("")
         expected_streams = {"l"} if variant == "sd15" else {"l", "g"}
         if set(probe) != expected_streams:
@@ -192,14 +180,9 @@ class ConsistentIDTextFusion(io.ComfyNode):
 
         fused, fused_neg = cond, neg_cond
         if pairs:
-            device, dtype = compute_device_dtype(clip)
-            encoder = facial_encoder_for(adapter, device, dtype)
-            slots = [REGION_ORDER.index(r) for _, r in pairs]
-            region_tokens = encoder.encode_regions(regions.states[:, slots].to(device))         # [B, k, D]
-            uncond_token = encoder.encode_regions(regions.uncond_states[None, None].to(device))  # [1, 1, D]
-            fused = fuse(encoder, cond, region_tokens, fused_positions)
-            neg_positions = [p for p in fused_positions if p < neg_cond.shape[1]]
-            fused_neg = fuse(encoder, neg_cond, uncond_token.expand(1, len(neg_positions), -1), neg_positions)
+            encoder = facial_encoder_for(adapter, *text_device_dtype(clip))
+            fused, fused_neg = encoder.fuse_prompts(cond, neg_cond, regions.states, regions.uncond_states,
+                                                    [REGION_ORDER.index(r) for _, r in pairs], fused_positions)
 
         if variant == "sd15":
             plain, plain_extras = cond, extras

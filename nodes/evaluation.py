@@ -16,7 +16,7 @@ from ..models.evaluation import metrics, report, run
 from ..models.evaluation.setup import choose_face_pack
 from ..models.images import to_rgb_batch, to_uint8_hwc
 from . import managed, types
-from .loaders import _as_input_error, _download_input
+from .loaders import WRONG_KIND_FIX, download_input
 from .model_choice import choices, resolve
 
 LOADER = "PartID Evaluation Models Loader"
@@ -39,7 +39,7 @@ class EvaluationModelsLoader(io.ComfyNode):
             description="Loads the CLIP (both towers, for CLIP-I and CLIP-T; openai/clip-vit-large-patch14) and the "
                         "DINO ViT-S/16 (DINO, FGIS, per-part similarity) used by PartID Evaluate Pair.",
             inputs=[io.Combo.Input("clip", options=choices("eval_clip", "evaluation")),
-                    io.Combo.Input("dino", options=choices("eval_dino", "evaluation")), _download_input()],
+                    io.Combo.Input("dino", options=choices("eval_dino", "evaluation")), download_input()],
             outputs=[EvalModels.Output(display_name="eval_models")],
         )
 
@@ -56,7 +56,7 @@ class EvaluationModelsLoader(io.ComfyNode):
             try:
                 loaded[name] = build(path, offload_device)
             except ModelFileError as exc:
-                raise _as_input_error(LOADER, name, exc) from exc
+                raise exc.at_input(LOADER, name, WRONG_KIND_FIX) from exc
         models = metrics.EvaluationModels(clip=loaded["clip"], dino=loaded["dino"])
         # Both go under ComfyUI's model management, loaded when PartID Evaluate Pair runs.
         for name, scorer in loaded.items():

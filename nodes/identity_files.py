@@ -89,8 +89,7 @@ class LoadIdentity(io.ComfyNode):
         try:
             return io.NodeOutput(load_identity(path))
         except ModelFileError as exc:
-            raise InputError(LOAD_NODE, "identity_file", str(exc).removeprefix("[PartID] "),
-                             "choose a file written by PartID Save Identity.") from exc
+            raise exc.at_input(LOAD_NODE, "identity_file", "choose a file written by PartID Save Identity.") from exc
 
 
 NODES = [SaveIdentity, LoadIdentity]

@@ -4,7 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..models import model_files
-from ..models.errors import InputError, ModelFileError
+from ..models.errors import ModelFileError
 from . import types
 from .model_choice import choices, resolve
 from .validate import require_choice
@@ -12,14 +12,13 @@ from .validate import require_choice
 CATEGORY = "PartID/loaders"
 
 
-def _download_input():
+def download_input():
     return io.Boolean.Input("download", default=False, optional=True,
                             tooltip="Allow downloading a missing catalog model from the Hugging Face Hub "
                                     "(also enabled by PARTID_ALLOW_DOWNLOAD=1).")
 
 
-def _as_input_error(node: str, input_name: str, exc: ModelFileError) -> InputError:
-    return InputError(node, input_name, str(exc).removeprefix("[PartID] "), "choose a file of the right kind.")
+WRONG_KIND_FIX = "choose a file of the right kind."
 
 
 def _load(node: str, input_name: str, choice: str, kind: str, folder: str, download: bool, read):
@@ -28,7 +27,7 @@ def _load(node: str, input_name: str, choice: str, kind: str, folder: str, downl
     try:
         return io.NodeOutput(read(path))
     except ModelFileError as exc:
-        raise _as_input_error(node, input_name, exc) from exc
+        raise exc.at_input(node, input_name, WRONG_KIND_FIX) from exc
 
 
 class FaceParserLoader(io.ComfyNode):
@@ -38,7 +37,7 @@ class FaceParserLoader(io.ComfyNode):
             node_id="PartIDFaceParserLoader", display_name="PartID Face Parser Loader", category=CATEGORY,
             description="Loads a 19-class face parser: BiSeNet (ConsistentID's face_parsing.pth / 79999_iter.pth) "
                         "or a SegFormer folder (jonathandinu/face-parsing).",
-            inputs=[io.Combo.Input("parser", options=choices("face_parser", "face_parsing")), _download_input()],
+            inputs=[io.Combo.Input("parser", options=choices("face_parser", "face_parsing")), download_input()],
             outputs=[types.FaceParser.Output()],
         )
 
@@ -54,7 +53,7 @@ class BodyParserLoader(io.ComfyNode):
         return io.Schema(
             node_id="PartIDBodyParserLoader", display_name="PartID Body Parser Loader", category=CATEGORY,
             description="Loads an ATR/LIP body parser: SegFormer (mattmdjaga/segformer_b2_clothes) or an SCHP ONNX export.",
-            inputs=[io.Combo.Input("parser", options=choices("body_parser", "body_parsing")), _download_input()],
+            inputs=[io.Combo.Input("parser", options=choices("body_parser", "body_parsing")), download_input()],
             outputs=[types.BodyParser.Output()],
         )
 
@@ -90,7 +89,7 @@ class FaceAnalysisLoader(io.ComfyNode):
         try:
             return io.NodeOutput(face_analysis_pack.open_pack(search_folders("insightface"), pack, provider))
         except ModelFileError as exc:
-            raise _as_input_error("PartID Face Analysis Loader", "pack", exc) from exc
+            raise exc.at_input("PartID Face Analysis Loader", "pack", WRONG_KIND_FIX) from exc
 
 
 class _AdapterLoader(io.ComfyNode):
@@ -119,7 +118,7 @@ class ConsistentIDLoader(_AdapterLoader):
                         "to have a mismatched base refused here.",
             inputs=[io.Combo.Input("adapter", options=[c for c in choices("adapter", "identity_adapters")
                                                        if not c.startswith("visual_persona")]),
-                    io.Model.Input("model", optional=True), _download_input()],
+                    io.Model.Input("model", optional=True), download_input()],
             outputs=[types.ConsistentIDAdapter.Output()],
         )
 
@@ -138,7 +137,7 @@ class VisualPersonaLoader(_AdapterLoader):
             description="Loads Visual Persona's weight.bin (or its safetensors conversion) unchanged. SDXL only.",
             inputs=[io.Combo.Input("adapter", options=[c for c in choices("adapter", "identity_adapters")
                                                        if not c.startswith("consistentid")]),
-                    io.Model.Input("model", optional=True), _download_input()],
+                    io.Model.Input("model", optional=True), download_input()],
             outputs=[types.VisualPersonaAdapter.Output()],
         )
 
@@ -153,7 +152,7 @@ class DINOv2Loader(io.ComfyNode):
         return io.Schema(
             node_id="PartIDDINOv2Loader", display_name="PartID DINOv2 Loader", category=CATEGORY,
             description="Loads DINOv2 (torch-hub *_pretrain.pth or a transformers folder). Visual Persona uses ViT-g/14.",
-            inputs=[io.Combo.Input("dinov2", options=choices("dinov2", "dinov2")), _download_input()],
+            inputs=[io.Combo.Input("dinov2", options=choices("dinov2", "dinov2")), download_input()],
             outputs=[types.DINOv2.Output()],
         )
 

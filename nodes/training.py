@@ -21,15 +21,16 @@ from comfy_api.latest import io
 from ..models import model_files
 from ..models.consistentid.prompt import PAIRINGS
 from ..models.errors import InputError
+from ..models.images import to_uint8_hwc
 from ..models.training.dataset import CachedDataset
 from ..models.training.losses import LOSSES
 from ..models.training.objective import loss_curve_image
-from ..models.training.trainer import PRECISIONS, TrainConfig, TrainingCancelled
+from ..models.training.trainer import PRECISIONS, TrainConfig, TrainingCancelled, remove_state
 from . import managed, types
 from .training_regions import FacialText
-from .training_run import (ATTENTIONS, BLOCK_CHOICES, ConsistentIDSession, JobOptions, layout_for, make_prepare,
-                           run_consistentid, weights_fingerprint)
-from .validate import CONSISTENTID_BASE_FIX, require_base_model, require_choice
+from .training_run import (ATTENTIONS, BLOCK_CHOICES, IdentitySession, JobOptions, layout_for, make_prepare,
+                           run_session, weights_fingerprint)
+from .validate import CONSISTENTID_BASE_FIX, require_adapter, require_base_model, require_choice
 
 NODE = "PartID Train ConsistentID"
 TRAIN_CHOICES = {"proj_plus + id_kv + lora": ("proj_plus", "id_kv", "lora"), "id_kv": ("id_kv",),
@@ -54,9 +55,7 @@ def output_paths(name: str) -> tuple[str, str]:
 
 def forget_state(state_path: str) -> None:
     """A run with resume off starts from the loaded adapter: remove the resume state of an earlier run."""
-    for suffix in (".pt", ".safetensors"):
-        if os.path.isfile(state_path + suffix):
-            os.remove(state_path + suffix)
+    remove_state(state_path)
 
 
 def run_job(session, config: TrainConfig, out_path: str, state_path: str, node: str):
@@ -65,9 +64,9 @@ def run_job(session, config: TrainConfig, out_path: str, state_path: str, node: 
     import comfy.model_management
 
     try:
-        return run_consistentid(session, config, out_path, state_path,
-                                should_cancel=comfy.model_management.processing_interrupted,
-                                progress=_progress_reporter(config.steps, node))
+        return run_session(session, config, out_path, state_path,
+                           should_cancel=comfy.model_management.processing_interrupted,
+                           progress=_progress_reporter(config.steps, node))
     except TrainingCancelled:
         log.warning("[PartID] %s: cancelled; the state saved last (%s) is kept: run again with resume on.",
                     node, state_path)
@@ -100,8 +99,7 @@ def _progress_reporter(total: int, node: str = NODE):
         if step == steps or step % max(1, steps // 20) == 0:
             from PIL import Image
 
-            curve = (loss_curve_image(history)[0].numpy() * 255).astype("uint8")
-            preview = ("JPEG", Image.fromarray(curve), 512)
+            preview = ("JPEG", Image.fromarray(to_uint8_hwc(loss_curve_image(history)[0])), 512)
         bar.update_absolute(step, steps, preview)
     return report
 
@@ -129,7 +127,7 @@ def run_training(model, vae, clip, adapter, folder: str, output_name: str, optio
                                 default_caption=caption)
         dataset.prepare_all()
         shortcut = adapter.format.base == "sdxl"
-        session = ConsistentIDSession(model, adapter.groups, layout, options, dataset, device, shortcut)
+        session = IdentitySession(model, adapter.groups, layout, options, dataset, device, shortcut)
         trainer = run_job(session, config, out_path, state_path, NODE)
     return trainer.state.history, out_path
 
@@ -198,9 +196,7 @@ class TrainConsistentID(io.ComfyNode):
                 loc_loss="consistentid", blocks="middle", paired=False, resolution=512, save_every=100, resume=True,
                 drop_background=0.0, face_parser=None, analyzer=None, clip_vision=None, loc_attention="cross",
                 pairing="faithful"):
-        if getattr(adapter, "family", None) != "ConsistentID":
-            raise InputError(NODE, "adapter", "this is not a ConsistentID adapter.",
-                             "connect the PartID ConsistentID Loader's output.")
+        require_adapter(NODE, adapter, "ConsistentID")
         folder = resolve_folder(folder)
         if not folder or not os.path.isdir(folder):
             raise InputError(NODE, "folder", f"'{folder}' is not a folder.", "give the path of a folder of images.")

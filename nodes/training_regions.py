@@ -22,12 +22,10 @@ import torch
 
 from ..models.consistentid import prompt as cid_prompt
 from ..models.consistentid import region_images as ri
-from ..models.consistentid.regions import REGION_ORDER
+from ..models.consistentid.regions import REGION_ORDER, SLOT_OF_MASK, slot_positions
 from ..models.face_regions import face_regions
+from ..models.images import to_uint8
 from ..models.training.losses import resize_mask
-
-# PartID Face Regions' mask names -> ConsistentID region slots (as PartID ConsistentID Encode).
-SLOT_OF_MASK = {"face": "face", "eyes": "eye", "ears": "ear", "nose": "nose", "mouth": "lip"}
 
 
 @dataclass(frozen=True)
@@ -48,15 +46,6 @@ class FacialText:
         return f"facial:{self.variant}:{self.pairing}"
 
 
-def slot_positions(positions, fused_regions) -> torch.Tensor:
-    """[5] long: the text position each region slot is fused into (-1: not fused)."""
-    out = torch.full((len(REGION_ORDER),), -1, dtype=torch.long)
-    for position, region in zip(positions, fused_regions):
-        if region is not None:
-            out[REGION_ORDER.index(region)] = int(position)
-    return out
-
-
 def facial_items(clip, clip_vision, parser, image: torch.Tensor, caption: str, facial: FacialText,
                  latent_hw: tuple[int, int]) -> dict:
     """One image [1, R, R, 3]: context/pooled of the marked caption, CLIP-H states of the regions and of the
@@ -66,7 +55,7 @@ def facial_items(clip, clip_vision, parser, image: torch.Tensor, caption: str, f
 
     regions = face_regions(parser.parse(image), "ConsistentID")
     masks = {SLOT_OF_MASK[name]: regions.masks[name] for name in SLOT_OF_MASK}
-    u8 = (image[..., :3] * 255.0).round().clamp(0, 255).to(torch.uint8)
+    u8 = to_uint8(image[..., :3])
     plan = ri.plan_region_images(u8, masks)
     states = encode_states(clip_vision, plan.images, "official")
     region_states, image_states = ri.split_states(states, plan, zero_states(clip_vision).to(states.device))

@@ -22,26 +22,27 @@ import logging
 import os
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
+from ..models.images import to_uint8, to_uint8_hwc
+from ..models.layouts.consistentid import CLIP_H_TOKENS, CLIP_H_WIDTH
 from ..models.layouts.unet_attention import UNETS, UNetAttentionConfig
 from ..models.training import attention_maps as maps_engine
 from ..models.training.attention_hooks import IdentityBranch, TrainingHooks
-from ..models.training.dataset import CachedDataset, Sample
+from ..models.training.dataset import CachedDataset, Sample, module_fingerprint
 from ..models.training.losses import LOSSES, localisation_loss, mask_mass, resize_mask
-from ..models.training.objective import noise_loss, sample_noise
+from ..models.training.images import load_mask_file, load_rgb
+from ..models.training.objective import background_kept, noise_batch, noise_loss, total_loss
 from ..models.training.trainables import AdapterTrainables, flat_for_safetensors
 from ..models.training.trainer import Trainer, TrainConfig
 from ..models.consistentid.regions import REGION_ORDER
-from ..models.visual_persona.tokens import SELECTED_PARTS
+from ..models.visual_persona import PART_NAMES, SELECTED_PARTS
 from . import training_patch as tp
 from .training_regions import FacialText, facial_items
 
 log = logging.getLogger("partid.training")
 BLOCK_CHOICES = ("middle", "all")
 ATTENTIONS = ("cross", "self")
-PART_NAMES = ("full_body", "face", "upper", "lower", "shoes")   # Visual Persona's part order
 
 
 @dataclass
@@ -68,63 +69,22 @@ class JobOptions:
             raise ValueError(f"loc_loss must be one of {LOSSES}, got {self.loc_loss!r}")
 
     def map_normalisation(self, family: str) -> str:
-        """auto: the released code's per-head max for self-attention maps; StoryMaker's probabilities for its MSE
-        when groups share the identity keys (Visual Persona's parts; ConsistentID's one ID group would be
-        constant, REFERENCE 1.3); otherwise a softmax over pixels."""
+        """auto: what the loss expects (attention_maps.default_normalisation); Visual Persona's part groups share
+        the identity keys, ConsistentID's one ID group does not."""
         if self.normalise != "auto":
             return self.normalise
-        if self.attention == "self":
-            return "keys_max"
-        return "keys" if self.loc_loss == "storymaker" and family == "Visual Persona" else "pixels"
-
-
-def load_rgb(path: str, resolution: int) -> torch.Tensor:
-    """Centre square crop, resized to resolution: IMAGE [1, R, R, 3] in 0..1."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        side = min(im.size)
-        left, top = (im.width - side) // 2, (im.height - side) // 2
-        im = im.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.BICUBIC)
-        return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0)[None]
-
-
-def _mask_file(path: str, resolution: int) -> torch.Tensor | None:
-    from PIL import Image
-
-    stem = os.path.splitext(path)[0]
-    for suffix in ("_mask.png", "_mask.jpg"):
-        if os.path.isfile(stem + suffix):
-            with Image.open(stem + suffix) as im:
-                im = im.convert("L")
-                side = min(im.size)
-                left, top = (im.width - side) // 2, (im.height - side) // 2
-                im = im.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.BILINEAR)
-                return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0)[None]
-    return None
+        return maps_engine.default_normalisation(self.attention, self.loc_loss, family == "Visual Persona")
 
 
 def weights_fingerprint(obj) -> str:
-    """A stable id of the weights of a ComfyUI VAE, CLIP or CLIP vision object (or None), for dataset cache keys:
-    its network class, tensor count and the names, shapes and leading values of three of its tensors. The same
-    file gives the same id in every process; another checkpoint's VAE or text encoder gives another."""
-    import hashlib
-
+    """A stable id of the weights of a ComfyUI VAE, CLIP or CLIP vision object (or None), for dataset cache keys
+    (dataset.module_fingerprint of the network it wraps): the same file gives the same id in every process;
+    another checkpoint's VAE or text encoder gives another."""
     if obj is None:
         return "none"
     module = next((m for m in (getattr(obj, a, None) for a in ("first_stage_model", "cond_stage_model", "model"))
                    if isinstance(m, torch.nn.Module)), obj if isinstance(obj, torch.nn.Module) else None)
-    if module is None:
-        return type(obj).__name__
-    state = module.state_dict()
-    names = list(state)
-    digest = hashlib.sha1(f"{type(module).__name__}|{len(names)}".encode())
-    for name in {names[0], names[len(names) // 2], names[-1]} if names else ():
-        t = state[name]
-        digest.update(f"{name}{tuple(t.shape)}".encode())
-        digest.update(t.detach().flatten()[:64].float().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    return type(obj).__name__ if module is None else module_fingerprint(module)
 
 
 def latent_and_text(vae, clip, image: torch.Tensor, caption: str) -> dict:
@@ -150,13 +110,13 @@ def make_prepare(vae, clip, resolution: int, face_parser=None, analyzer=None, cl
             out = {"latent": vae.encode(image[..., :3])[0].float()}
             hw = tuple(out["latent"].shape[-2:])
             out.update(facial_items(clip, clip_vision, face_parser, image, sample.caption, facial, hw))
-            file_mask = _mask_file(path, resolution)      # the user's own face mask wins over the parser's
+            file_mask = load_mask_file(path, resolution)      # the user's own face mask wins over the parser's
             if file_mask is not None:
                 out["mask"] = resize_mask(file_mask, hw).view(hw)
             out["arcface"] = _arcface(analyzer, image)
             return out
         out = latent_and_text(vae, clip, image, sample.caption)
-        mask = _mask_file(path, resolution)
+        mask = load_mask_file(path, resolution)
         if mask is None and face_parser is not None:
             from ..models.face_regions import face_regions
 
@@ -168,10 +128,9 @@ def make_prepare(vae, clip, resolution: int, face_parser=None, analyzer=None, cl
         if clip_vision is not None:   # the CLIP preprocessing of inference and of the region path
             from .consistentid_encode import encode_states
 
-            u8 = (image[..., :3] * 255.0).round().clamp(0, 255).to(torch.uint8)
-            out["clip_states"] = encode_states(clip_vision, u8, "official")[0]
+            out["clip_states"] = encode_states(clip_vision, to_uint8(image[..., :3]), "official")[0]
         else:
-            out["clip_states"] = torch.zeros(257, 1280)
+            out["clip_states"] = torch.zeros(CLIP_H_TOKENS, CLIP_H_WIDTH)
         return out
     return prepare
 
@@ -188,8 +147,7 @@ def _arcface(analyzer, image: torch.Tensor) -> torch.Tensor:
         return torch.zeros(512)
     from ..models.face_analysis import analyze
 
-    u8 = (image[0] * 255).round().to(torch.uint8).numpy()
-    found = analyze(analyzer, [u8], det_thresh=TRAINING_DET_THRESH, on_no_face="bypass")
+    found = analyze(analyzer, [to_uint8_hwc(image[0])], det_thresh=TRAINING_DET_THRESH, on_no_face="bypass")
     return torch.from_numpy(found.embeddings(normed=True)[0]).float()
 
 
@@ -232,7 +190,10 @@ class IdentitySession:
         else:
             from ..models.visual_persona.decoder import PartDecoder
 
-            encoder = PartDecoder.from_state_dict(adapter_groups["image_proj"], dtype=torch.float32, device=device)
+            # Built by assignment: from copies, since the loaded tensors may be inference tensors (ComfyUI
+            # loads in inference mode) and must never be trained in place.
+            encoder = PartDecoder.from_state_dict({k: v.clone() for k, v in adapter_groups["image_proj"].items()},
+                                                  dtype=torch.float32, device=device)
         self.trainables = AdapterTrainables(family, adapter_groups, layout, unet_config, encoder,
                                             options.train, facial).to(device)
         blocks = tp.all_blocks(self.patcher)
@@ -248,35 +209,26 @@ class IdentitySession:
 
     def identity(self, items, refs, dev):
         """(tokens [B, Tk, C], token groups with their target masks, foreground [B, h, w] of the noise loss)."""
-        b = len(items)
         if self.family == "ConsistentID":
             tokens = self.trainables.encoder(torch.stack([r["arcface"] for r in refs]).to(dev),
                                              torch.stack([r["clip_states"] for r in refs]).to(dev))
             masks = torch.stack([it["mask"] for it in items]).to(dev)
             if self.regions:
                 return tokens, self.region_groups(items, dev), masks
-            index = torch.arange(tokens.shape[1], device=dev).expand(b, -1)
-            return tokens, [maps_engine.TokenGroup("id", "identity", index, masks)], masks
+            return tokens, [maps_engine.identity_group(tokens.shape[1], masks)], masks
         feats = torch.stack([r["part_features"] for r in refs]).to(dev)                 # [B, P, S, E]
         parts = list(SELECTED_PARTS)[:feats.shape[1]]
         tokens = self.trainables.encoder(feats, parts)                                  # [B, P, T, W]
-        per = tokens.shape[2]
         masks = torch.stack([it["part_masks"] for it in items]).to(dev)                # [B, P, h, w]
-        groups = []
-        for j, part in enumerate(parts):
-            present = masks[:, j].flatten(1).amax(1) > 0
-            index = torch.arange(j * per, (j + 1) * per, device=dev).expand(b, -1).clone()
-            index[~present] = -1
-            groups.append(maps_engine.TokenGroup(PART_NAMES[part], "identity", index, masks[:, j], person=j))
+        groups = maps_engine.part_groups(masks, tokens.shape[2], [PART_NAMES[p] for p in parts])
         return tokens.flatten(1, 2), groups, masks.amax(1)
 
     def region_groups(self, items, dev) -> list:
         """One group per region slot fused in at least one sample: its text position, its region mask."""
         slots = torch.stack([it["slot_positions"] for it in items]).to(dev)          # [B, 5]
         masks = torch.stack([it["region_masks"] for it in items]).to(dev)            # [B, 5, h, w]
-        kind = "self" if self.options.attention == "self" else "context"
-        return [maps_engine.TokenGroup(name, kind, slots[:, r:r + 1], masks[:, r])
-                for r, name in enumerate(REGION_ORDER) if bool((slots[:, r] >= 0).any())]
+        return maps_engine.slot_groups(slots, masks, REGION_ORDER,
+                                       "self" if self.options.attention == "self" else "context")
 
     def fused_context(self, items, context: torch.Tensor, dev) -> torch.Tensor:
         if not self.regions:
@@ -305,13 +257,8 @@ class IdentitySession:
         x0 = self.patcher.model.process_latent_in(torch.stack([it["latent"] for it in items]).to(dev))
         context = torch.stack([it["context"] for it in items]).to(dev)
         ms = self.patcher.model.model_sampling
-        noises, sigmas = [], []
-        for it, seed in zip(items, seeds):
-            noise, t = sample_noise(tuple(it["latent"].shape), seed)
-            noises.append(noise)
-            sigmas.append(float(ms.percent_to_sigma(t)))
-        noise = torch.stack(noises).to(dev)
-        sigma = torch.tensor(sigmas, device=dev)
+        noise, sigma = noise_batch(tuple(items[0]["latent"].shape), seeds, ms.percent_to_sigma)
+        noise, sigma = noise.to(dev), sigma.to(dev)
         x_t = ms.noise_scaling(sigma, noise, x0)
         tokens, groups, region = self.identity(items, refs, dev)
         context = self.fused_context(items, context, dev)
@@ -320,21 +267,18 @@ class IdentitySession:
         self.recorder.clear()
         y = None
         if "pooled" in items[0]:
-            size = x0.shape[-1] * 8
+            size = x0.shape[-1] * 8         # the pixel size: every VAE of these bases downsamples by 8
             adm = [self.patcher.model.encode_adm(pooled_output=it["pooled"][None].to(dev), width=size, height=size)
                    for it in items]
             y = None if any(a is None for a in adm) else torch.cat(adm)    # SD1.5 takes no pooled vector
         diffusion = self.patcher.get_model_object("diffusion_model")
         with tp.checkpointed_transformer_blocks(diffusion, opt.gradient_checkpointing and not measure):
             x0_pred = tp.denoise(self.patcher, x_t, sigma, context, y)
-        keep = None
-        if opt.drop_background > 0:
-            keep = torch.tensor([np.random.default_rng(s).random() >= opt.drop_background for s in seeds])
-        n_loss = noise_loss(x0_pred, x0, sigma, region.unsqueeze(1), keep)
+        n_loss = noise_loss(x0_pred, x0, sigma, region.unsqueeze(1), background_kept(seeds, opt.drop_background))
         loc = localisation_loss(self.recorder.maps, self.recorder.grids, groups, opt.loc_loss) \
             if self.recorder.maps else None
         self.last_mass = mask_mass(self.recorder.maps, self.recorder.grids, groups) if self.recorder.maps else float("nan")
-        total = n_loss if (loc is None or opt.loc_weight == 0) else n_loss + opt.loc_weight * loc
+        total = total_loss(n_loss, loc, opt.loc_weight)
         # The recorder stays on until the next batch: checkpoint recomputes during backward record too.
         return {"loss": total, "noise": n_loss.detach(), "loc": (loc.detach() if loc is not None else float("nan")),
                 "mass": self.last_mass}
@@ -368,11 +312,8 @@ def layout_for(adapter) -> UNetAttentionConfig:
     return UNETS[adapter.format.base]
 
 
-ConsistentIDSession = IdentitySession   # the name the node and the headless entry use
-
-
-def run_consistentid(session: IdentitySession, config: TrainConfig, out_path: str, state_path: str | None,
-                     should_cancel=None, progress=None, distributed: bool = False) -> Trainer:
+def run_session(session: IdentitySession, config: TrainConfig, out_path: str, state_path: str | None,
+                should_cancel=None, progress=None, distributed: bool = False) -> Trainer:
     """Train (resuming from state_path when it exists); saves `out_path` at every save point and the end."""
     session.load()
     trainer = Trainer(session.trainables, session.batch, len(session.dataset), config, session.device,

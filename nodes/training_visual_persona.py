@@ -20,6 +20,7 @@ from ..models.body_parsing import check_body_parser
 from ..models.body_parts import PARTS, body_parts
 from ..models.errors import InputError
 from ..models.training.dataset import CachedDataset, Sample
+from ..models.training.images import load_rgb
 from ..models.training.losses import LOSSES, resize_mask
 from ..models.training.objective import loss_curve_image
 from ..models.training.trainer import PRECISIONS, TrainConfig
@@ -28,7 +29,7 @@ from . import managed, types
 from .visual_persona_encode import DINOV2_ATTR, compute_device_dtype
 from .visual_persona_encode import check_inputs as check_encoder_inputs
 from .training import forget_state, output_paths, resolve_folder, run_job
-from .training_run import IdentitySession, JobOptions, latent_and_text, layout_for, load_rgb, weights_fingerprint
+from .training_run import IdentitySession, JobOptions, latent_and_text, layout_for, weights_fingerprint
 from .validate import VISUAL_PERSONA_BASE_FIX, require_base_model, require_choice
 
 NODE = "PartID Train Visual Persona"
@@ -89,9 +90,7 @@ def run_vp_training(model, vae, clip, adapter, dinov2, body_parser, folder: str,
                                 cache_dir=cache_dir, default_caption=caption)
         dataset.prepare_all()
         dataset.prepare.release()
-        # The decoder is built by assignment from the loaded tensors, which are inference tensors: copy them.
-        groups = {**adapter.groups, "image_proj": {k: v.clone() for k, v in adapter.groups["image_proj"].items()}}
-        session = IdentitySession(model, groups, layout or layout_for(adapter), options, dataset,
+        session = IdentitySession(model, adapter.groups, layout or layout_for(adapter), options, dataset,
                                   torch.device(model.load_device), family="Visual Persona")
         trainer = run_job(session, config, out_path, state_path, NODE)
     return trainer.state.history, out_path

@@ -24,6 +24,25 @@ def check_identity_mask(node: str, mask) -> None:
         raise InputError(node, "mask", "the mask holds NaN or infinite values.", "connect a mask with values in 0..1.")
 
 
+def require_adapter(node: str, adapter, family: str, groups: tuple[str, ...] = (), bases=None) -> str | None:
+    """The adapter input holds a loaded adapter of `family` (with those weight groups, of one of `bases`);
+    returns its base model name."""
+    base = getattr(getattr(adapter, "format", None), "base", None)
+    have = getattr(adapter, "groups", None) or {}
+    if getattr(adapter, "family", None) != family or any(g not in have for g in groups) \
+            or (bases is not None and base not in bases):
+        raise InputError(node, "adapter", f"this is not a {family} adapter.",
+                         f"connect the PartID {family} Loader's output.")
+    return base
+
+
+def check_window(node: str, start_at: float, end_at: float) -> None:
+    """An apply node's sampling window: start_at must not come after end_at (ComfyUI checks each bound alone)."""
+    if start_at > end_at:
+        raise InputError(node, "start_at", f"start_at {start_at} is after end_at {end_at}.",
+                         "make start_at smaller than end_at.")
+
+
 CONSISTENTID_BASE_FIX = ("pick the ConsistentID file made for this base model (ConsistentID-v1.bin for SD1.5, "
                          "ConsistentID_SDXL-v1.bin for SDXL).")
 VISUAL_PERSONA_BASE_FIX = "Visual Persona is made for SDXL: connect an SDXL 1.0 checkpoint's MODEL."
@@ -40,4 +59,4 @@ def require_base_model(node: str, model, adapter, input_name: str, fix: str) -> 
     try:
         model_files.check_base(adapter, unet_config.get("context_dim"), type(model.model).__name__)
     except ModelFileError as exc:
-        raise InputError(node, input_name, str(exc).removeprefix("[PartID] ").split(" Fix: ")[0], fix) from exc
+        raise exc.at_input(node, input_name, fix, override=True) from exc

@@ -26,16 +26,14 @@ from ..models.layouts.unet_attention import SDXL, UNetAttentionConfig
 from . import canvas_ui, types
 from .identity_tokens import require_identity
 from .attention_patch import IdentityGroup, IdentitySource, install_identity_group, ip_weights_by_block, sigma_window
-from .validate import VISUAL_PERSONA_BASE_FIX, check_identity_mask, require_base_model
+from .validate import VISUAL_PERSONA_BASE_FIX, check_identity_mask, check_window, require_adapter, require_base_model
 from .visual_persona_encode import SOURCE
 
 NODE = "PartID Visual Persona Apply"
 
 
 def check_inputs(model, adapter, identity) -> None:
-    if getattr(adapter, "family", None) != "Visual Persona" or "ip_adapter" not in getattr(adapter, "groups", {}):
-        raise InputError(NODE, "adapter", "this is not a Visual Persona adapter.",
-                         "connect the PartID Visual Persona Loader's output.")
+    require_adapter(NODE, adapter, "Visual Persona", ("ip_adapter",))
     require_base_model(NODE, model, adapter, "model", VISUAL_PERSONA_BASE_FIX)
     require_identity(NODE, "identity", identity)
     if identity.source != SOURCE:
@@ -117,9 +115,7 @@ class VisualPersonaApply(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, adapter, identity, weight=0.7, start_at=0.0, end_at=1.0, mask=None):
-        if start_at > end_at:
-            raise InputError(NODE, "start_at", f"start_at {start_at} is after end_at {end_at}.",
-                             "make start_at smaller than end_at.")
+        check_window(NODE, start_at, end_at)
         check_inputs(model, adapter, identity)
         check_identity_mask(NODE, mask)
         patched = apply_visual_persona(model, adapter, identity, weight, start_at, end_at, mask)

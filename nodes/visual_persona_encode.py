@@ -17,15 +17,16 @@ import logging
 import weakref
 
 import torch
-import torch.nn.functional as F
 from comfy_api.latest import io
 
 from ..models.dinov2 import DINOv2
 from ..models.errors import InputError
 from ..models.identity_tokens import IdentityTokens
-from ..models.images import to_rgb_batch
+from ..models.images import as_mask_batch, to_rgb_batch
 from ..models.visual_persona import PART_NAMES, PartDecoder, part_images, part_tokens, unconditional_tokens
+from ..models.visual_persona.part_images import masks_per_reference
 from . import canvas_ui, managed, types
+from .validate import require_adapter
 
 NODE = "PartID Visual Persona Encode"
 SOURCE = "visual_persona"
@@ -61,9 +62,7 @@ def release(dinov2_weights, adapter) -> None:
 
 def check_inputs(dinov2, adapter, node: str = NODE) -> None:
     """A Visual Persona adapter and a DINOv2 whose token width its decoder takes (shared with the trainer)."""
-    if getattr(adapter, "family", None) != "Visual Persona" or "image_proj" not in getattr(adapter, "groups", {}):
-        raise InputError(node, "adapter", "this is not a Visual Persona adapter.",
-                         "connect the PartID Visual Persona Loader's output.")
+    require_adapter(node, adapter, "Visual Persona", ("image_proj",))
     if not hasattr(dinov2, "embed_dim") or not hasattr(dinov2, "layout"):
         raise InputError(node, "dinov2", f"expected PartID DINOv2 weights, got {type(dinov2).__name__}.",
                          "connect the PartID DINOv2 Loader's output.")
@@ -74,25 +73,14 @@ def check_inputs(dinov2, adapter, node: str = NODE) -> None:
                          "load dinov2_vitg14_pretrain.pth (DINOv2 ViT-g/14) with the PartID DINOv2 Loader.")
 
 
-def reference_masks(masks: dict, rgb: torch.Tensor) -> list[list[torch.Tensor | None]]:
-    """Per reference, the five masks in VP order at the image's size (None where not given)."""
-    b, h, w = rgb.shape[:3]
-    out = [[None] * len(PART_NAMES) for _ in range(b)]
-    for p, name in enumerate(PART_NAMES):
-        mask = masks.get(name)
+def check_masks(masks: dict, batch: int) -> None:
+    for name, mask in masks.items():
         if mask is None:
             continue
-        if not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 3) or (mask.ndim == 3 and mask.shape[0] not in (1, b)):
-            shape = list(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
-            raise InputError(NODE, name, f"the mask has shape {shape} for {b} image(s).",
-                             "give one mask, or one per image (the same batch as the image).")
-        m = mask.float().cpu()
-        m = m.unsqueeze(0) if m.ndim == 2 else m
-        if m.shape[-2:] != (h, w):
-            m = F.interpolate(m.unsqueeze(1), size=(h, w), mode="bilinear", align_corners=False).squeeze(1)
-        for r in range(b):
-            out[r][p] = m[r if m.shape[0] > 1 else 0]
-    return out
+        try:
+            as_mask_batch(mask, batch)
+        except ValueError as exc:
+            raise InputError(NODE, name, f"{exc}.", "give one mask, or one per image (the same batch as the image).")
 
 
 def encode(dinov2_weights, adapter, image: torch.Tensor, masks: dict, parts: list[int],
@@ -101,7 +89,8 @@ def encode(dinov2_weights, adapter, image: torch.Tensor, masks: dict, parts: lis
     import comfy.utils
 
     rgb, _ = to_rgb_batch(image, NODE)
-    per_ref = reference_masks(masks, rgb)
+    check_masks(masks, rgb.shape[0])
+    per_ref = masks_per_reference(masks, rgb.shape[0], tuple(rgb.shape[1:3]))
     images = part_images(list(rgb.cpu()), per_ref)
     present_any = images.present.any(0)
     used = [p for p in parts if bool(present_any[p])]
@@ -137,13 +126,10 @@ def encode(dinov2_weights, adapter, image: torch.Tensor, masks: dict, parts: lis
     bar.update_absolute(3)
     if offload:
         release(dinov2_weights, adapter)
-    r, p, t, w = cond.shape
-    cond = cond.float().cpu().reshape(r, p * t, w)
-    crops = [(i, q) for i in range(r) for q in used if bool(images.present[i, q])]   # what DINOv2 saw
+    crops = [(i, q) for i in range(cond.shape[0]) for q in used if bool(images.present[i, q])]   # what DINOv2 saw
     ui = canvas_ui.encode_ui(torch.stack([images.images[i, q] for i, q in crops]),
                              [f"{i}: {PART_NAMES[q]}" for i, q in crops])
-    tokens = IdentityTokens(cond, uncond.reshape(1, p * t, w), tuple(PART_NAMES[i] for i in used), (t,) * p,
-                            (1.0,) * p, SOURCE)
+    tokens = IdentityTokens.from_parts(cond, uncond, [PART_NAMES[i] for i in used], SOURCE)
     return tokens, ui
 
 

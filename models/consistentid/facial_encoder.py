@@ -37,10 +37,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
+from ..layouts.consistentid import CLIP_H_WIDTH
 from ..model_files import AdapterWeights
 from .perceiver import PerceiverResampler, materialise
 
-CLIP_H_WIDTH = 1280
 
 Positions = Sequence[Sequence[int]]
 
@@ -186,3 +186,23 @@ class FacialEncoder(nn.Module):
         b_idx = b_idx.to(prompt_embeds.device)
         fused = self.fuse_module.fuse_tokens(prompt_embeds[b_idx, t_idx].to(dtype), tokens)
         return prompt_embeds.index_put((b_idx, t_idx), fused.to(prompt_embeds.dtype))
+
+    def fuse_prompts(self, cond: torch.Tensor, negative: torch.Tensor, region_states: torch.Tensor,
+                     uncond_states: torch.Tensor, slots: Sequence[int], positions: Sequence[int]
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inference fusion of one encoded prompt pair (the official get_facial_embeds):
+        cond [1, T, D] gets each reference's region tokens (region_states [B, 5, N, 1280], slot slots[i] fused at
+        positions[i]) -> [B, T, D]; negative [1, T', D] gets the UNCONDITIONAL region token (uncond_states
+        [N, 1280]) at the same positions, those inside its length -> [1, T', D]. NEW tensors on the inputs'
+        devices (the inputs themselves when nothing is fused)."""
+        if not positions:
+            return cond, negative
+        device = self.fuse_module.layer_norm.weight.device
+        tokens = self.encode_regions(region_states[:, list(slots)].to(device))                  # [B, k, D]
+        fused = self.fuse_module(cond.to(device).expand(tokens.shape[0], -1, -1), tokens,
+                                 [list(positions)] * tokens.shape[0]).to(cond.device)
+        inside = [p for p in positions if p < negative.shape[1]]
+        if not inside:
+            return fused, negative
+        uncond = self.encode_regions(uncond_states[None, None].to(device)).expand(1, len(inside), -1)
+        return fused, self.fuse_module(negative.to(device), uncond, [inside]).to(negative.device)

@@ -20,11 +20,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..layouts.consistentid import CLIP_H_WIDTH
 from ..model_files import AdapterWeights
 from .perceiver import PerceiverResampler, materialise
 
 ARCFACE_DIM = 512
-CLIP_H_WIDTH = 1280
 NUM_ID_TOKENS = 4
 DIM_HEAD = 64
 

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..face_regions import resize_u8
+from ..images import as_mask_batch, to_uint8
 from .regions import CLIP_H_WIDTH, REGION_ORDER
 
 CLIP_SIZE = 224
@@ -71,7 +72,7 @@ def normalise_u8(pixels: np.ndarray) -> torch.Tensor:
 def mask_to_u8(mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """A float mask [h, w] in 0..1 -> uint8 [height, width]; resized as the official code resizes its
     8-bit parse masks to the photo (PIL "L" bicubic) when the sizes differ."""
-    m = (mask.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+    m = to_uint8(mask)
     if tuple(m.shape) == (height, width):
         return m
     return torch.from_numpy(resize_u8(m.numpy(), height, width).copy())
@@ -119,11 +120,10 @@ def plan_region_images(rgb_u8: torch.Tensor, masks: dict[str, torch.Tensor | Non
     for name, mask in masks.items():
         if mask is None:
             continue
-        if mask.ndim == 2:
-            mask = mask.unsqueeze(0)
-        if mask.ndim != 3 or mask.shape[0] not in (1, b):
-            raise ValueError(f"the {name} mask has shape {list(mask.shape)}; expected [1 or {b}, height, width]")
-        rows[name] = mask
+        try:
+            rows[name] = as_mask_batch(mask, b)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}; expected [1 or {b}, height, width]") from exc
     for i in range(b):
         for slot, name in enumerate(REGION_ORDER):
             mask = rows.get(name)

@@ -11,8 +11,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..layouts.consistentid import CLIP_H_WIDTH
+
 REGION_ORDER: tuple[str, ...] = ("face", "eye", "ear", "nose", "lip")
-CLIP_H_WIDTH = 1280
+# PartID Face Regions' mask names (face_regions.REGIONS) -> these slots, in slot order.
+SLOT_OF_MASK = {"face": "face", "eyes": "eye", "ears": "ear", "nose": "nose", "mouth": "lip"}
 
 
 @dataclass(eq=False)  # tensors inside: identity, not value, comparison
@@ -49,3 +52,13 @@ class RegionStates:
         """Names of the regions present in reference `row`, in slot order."""
         flags = self.present[row].tolist()
         return tuple(name for name, here in zip(REGION_ORDER, flags) if here)
+
+
+def slot_positions(positions, fused_regions) -> torch.Tensor:
+    """[5] long: the text position each region slot (REGION_ORDER) is fused into, -1 where it is not (a
+    pairing in the form FacialEncoder.fuse_slots takes, one row per training sample)."""
+    out = torch.full((len(REGION_ORDER),), -1, dtype=torch.long)
+    for position, region in zip(positions, fused_regions):
+        if region is not None:
+            out[REGION_ORDER.index(region)] = int(position)
+    return out

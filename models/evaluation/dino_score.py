@@ -23,6 +23,7 @@ from PIL import Image
 
 from ..dinov2 import DINOv2
 from ..errors import ModelFileError
+from ..layouts.dinov2 import block_count
 from ..weights import load_state_dict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -52,8 +53,7 @@ def dino_vit_from_file(path: str, device: torch.device | str = "cpu", dtype: tor
         raise ModelFileError(f"[PartID] {path} is a DINOv2 checkpoint; the DINO metric is defined with DINO "
                              "(v1) ViT-S: use dino_deitsmall16_pretrain.pth.")
     dim = state["cls_token"].shape[-1]
-    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
-    for i in range(depth):   # DINO has no LayerScale: a scale of one is the identity
+    for i in range(block_count(state)):   # DINO has no LayerScale: a scale of one is the identity
         state[f"blocks.{i}.ls1.gamma"] = torch.ones(dim, dtype=state["cls_token"].dtype)
         state[f"blocks.{i}.ls2.gamma"] = torch.ones(dim, dtype=state["cls_token"].dtype)
     state.setdefault("mask_token", torch.zeros(1, dim, dtype=state["cls_token"].dtype))

@@ -12,6 +12,7 @@ Shape = tuple[int, ...]
 
 LORA_RANK = 128
 CLIP_H_WIDTH = 1280          # CLIP-ViT-H hidden size fed to both resamplers
+CLIP_H_TOKENS = 257          # its penultimate states at 224 px: class token + 16 x 16 patches
 ARCFACE_DIM = 512
 ID_TOKENS = 4
 

@@ -22,6 +22,16 @@ class DINOv2Config:
         return (int(hidden * 2 / 3) + 7) // 8 * 8 if self.ffn == "swiglu" else hidden
 
 
+def block_count(state) -> int:
+    """Transformer blocks in a hub-layout state dict (keys `blocks.{i}.*`)."""
+    return 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+
+
+def ffn_of(state) -> str:
+    """"swiglu" (ViT-g/14's fused w12/w3 MLP) or "mlp" (fc1/fc2), read from the first block's keys."""
+    return "swiglu" if "blocks.0.mlp.w12.weight" in state else "mlp"
+
+
 DINOV2_SIZES = {
     "vits14": DINOv2Config(384, 12, 6),
     "vitb14": DINOv2Config(768, 12, 12),

@@ -64,6 +64,44 @@ class TokenGroup:
         return (self.index >= 0).any(dim=1)
 
 
+def identity_group(n_tokens: int, masks: torch.Tensor, name: str = "id") -> TokenGroup:
+    """All identity tokens as one group against masks [B, h, w] (ConsistentID's ID tokens vs the face)."""
+    index = torch.arange(n_tokens, device=masks.device).expand(masks.shape[0], -1)
+    return TokenGroup(name, "identity", index, masks)
+
+
+def part_groups(masks: torch.Tensor, tokens_per_part: int, names: Sequence[str]) -> list[TokenGroup]:
+    """One group per part: part j owns identity tokens j*T .. (j+1)*T-1 and is matched with masks[:, j]
+    ([B, P, h, w]). Each part is its own person in StoryMaker's sum; a sample whose part mask is empty is
+    left out of that part's loss (index -1)."""
+    b = masks.shape[0]
+    groups = []
+    for j, name in enumerate(names):
+        present = masks[:, j].flatten(1).amax(1) > 0
+        index = torch.arange(j * tokens_per_part, (j + 1) * tokens_per_part, device=masks.device)
+        index = index.expand(b, -1).clone()
+        index[~present] = -1
+        groups.append(TokenGroup(name, "identity", index, masks[:, j], person=j))
+    return groups
+
+
+def slot_groups(slots: torch.Tensor, masks: torch.Tensor, names: Sequence[str], kind: str) -> list[TokenGroup]:
+    """One group per text slot fused in at least one sample: slots [B, S] text positions (-1 none), masks
+    [B, S, h, w]; kind "context" (cross-attention) or "self" (the positions taken as self-attention keys)."""
+    return [TokenGroup(name, kind, slots[:, r:r + 1], masks[:, r])
+            for r, name in enumerate(names) if bool((slots[:, r] >= 0).any())]
+
+
+def default_normalisation(attention: str, loc_loss: str, shared_keys: bool) -> str:
+    """The map normalisation a loss expects: the released ConsistentID code's per-head max for self-attention
+    maps; StoryMaker's probabilities for its MSE when the groups share the identity keys (Visual Persona's
+    parts: each group's share of the same softmax); otherwise a softmax over pixels (a softmax over one group's
+    identity keys alone would be constant per pixel, REFERENCE 1.3)."""
+    if attention == "self":
+        return "keys_max"
+    return "keys" if loc_loss == "storymaker" and shared_keys else "pixels"
+
+
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     b, t, inner = x.shape
     return x.reshape(b, t, heads, inner // heads).transpose(1, 2)

@@ -32,6 +32,19 @@ log = logging.getLogger("partid.training")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
+def module_fingerprint(module: torch.nn.Module) -> str:
+    """A cheap, stable id of a network's weights for cache keys: its class, tensor count and the names, shapes
+    and leading values of three of its tensors (first, middle, last)."""
+    state = module.state_dict()
+    names = list(state)
+    digest = hashlib.sha1(f"{type(module).__name__}|{len(names)}".encode())
+    for name in sorted({names[0], names[len(names) // 2], names[-1]}) if names else ():
+        t = state[name]
+        digest.update(f"{name}{tuple(t.shape)}".encode())
+        digest.update(t.detach().flatten()[:64].float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class Sample:
     path: str            # relative to the folder

@@ -19,6 +19,33 @@ def sample_noise(shape: tuple[int, ...], seed: int) -> tuple[torch.Tensor, float
     return noise, t
 
 
+def noise_batch(latent_shape: tuple[int, ...], seeds, percent_to_sigma) -> tuple[torch.Tensor, torch.Tensor]:
+    """(noise [B, *latent_shape], sigma [B]) of a micro-batch, each sample from its own seed (so a batch split
+    over ranks or accumulation steps draws the same noise); `percent_to_sigma` maps t in [0, 1) to the model's
+    sigma (ComfyUI's model_sampling.percent_to_sigma)."""
+    noises, sigmas = [], []
+    for seed in seeds:
+        noise, t = sample_noise(tuple(latent_shape), seed)
+        noises.append(noise)
+        sigmas.append(float(percent_to_sigma(t)))
+    return torch.stack(noises), torch.tensor(sigmas)
+
+
+def background_kept(seeds, drop_probability: float) -> torch.Tensor | None:
+    """[B] bool: whether each sample's noise loss keeps the background (drawn from its seed); None when nothing
+    is ever dropped."""
+    if drop_probability <= 0:
+        return None
+    return torch.tensor([np.random.default_rng(int(s)).random() >= drop_probability for s in seeds])
+
+
+def total_loss(noise: torch.Tensor, localisation: torch.Tensor | None, weight: float) -> torch.Tensor:
+    """noise + weight x localisation (the noise loss alone when there is no map or the weight is 0)."""
+    if localisation is None or weight == 0:
+        return noise
+    return noise + weight * localisation
+
+
 def noise_loss(x0_pred: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor,
                region: torch.Tensor | None = None, keep_background: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared epsilon error, [B] -> scalar.

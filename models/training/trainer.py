@@ -72,6 +72,13 @@ def batch_plan(config: TrainConfig, dataset_size: int, step: int, micro: int, ra
     return order[lo:hi].tolist(), seeds
 
 
+def remove_state(state_path: str) -> None:
+    """Delete a run's resume state (the trained tensors and the optimiser file Trainer.save_state writes)."""
+    for suffix in (".pt", ".safetensors"):
+        if os.path.isfile(state_path + suffix):
+            os.remove(state_path + suffix)
+
+
 def warmup_factor(step: int, warmup: int) -> float:
     return 1.0 if warmup <= 0 else min(1.0, (step + 1) / warmup)
 

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..images import as_mask_batch, to_uint8
+
 PART_NAMES = ("full_body", "face", "upper", "lower", "shoes")
 SIZE = 224
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -72,7 +74,7 @@ def to_uint8_rgb(image) -> np.ndarray:
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu()
         if image.dtype != torch.uint8:
-            image = (image.float().clamp(0, 1) * 255).round().to(torch.uint8)
+            image = to_uint8(image)
         image = image.numpy()
     image = np.asarray(image)
     if image.dtype != np.uint8:
@@ -158,6 +160,23 @@ def part_images_one(image, masks: Sequence) -> tuple[np.ndarray, list[bool], lis
         out[p] = resize_224(pad_square(masked[y0:y1, x0:x1]))
         present[p], boxes[p] = True, box
     return out, present, boxes
+
+
+def masks_per_reference(masks: dict, batch: int, size: tuple[int, int]) -> list[list[torch.Tensor | None]]:
+    """{part name: MASK [H, W] or [1 or batch, H, W] at any size, or None} -> per reference, the five masks in
+    PART_NAMES order at the image size `size` (bilinear; None where not given), as part_images takes them."""
+    import torch.nn.functional as F
+
+    out = [[None] * len(PART_NAMES) for _ in range(batch)]
+    for p, name in enumerate(PART_NAMES):
+        if masks.get(name) is None:
+            continue
+        m = as_mask_batch(masks[name], batch).cpu()
+        if tuple(m.shape[-2:]) != tuple(size):
+            m = F.interpolate(m.unsqueeze(1), size=tuple(size), mode="bilinear", align_corners=False).squeeze(1)
+        for r in range(batch):
+            out[r][p] = m[r if m.shape[0] > 1 else 0]
+    return out
 
 
 def part_images(images, masks) -> PartImages:

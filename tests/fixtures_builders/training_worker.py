@@ -23,7 +23,7 @@ def synthetic_prepare(path, sample):
     import torch
     import torch.nn.functional as F
 
-    from partid.nodes.training_run import _mask_file, load_rgb
+    from partid.models.training.images import load_mask_file as _mask_file, load_rgb
 
     img = load_rgb(path, 64).permute(0, 3, 1, 2)
     lat = F.avg_pool2d(img, 8)[0]

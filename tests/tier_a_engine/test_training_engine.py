@@ -9,11 +9,12 @@ import torch.nn.functional as F
 
 from fixtures_builders.sd_models import SD15_UNET, TINY_SD15_UNET
 from partid.models.attention.unet_keys import cross_attention_blocks
-from partid.models.training.attention_maps import AttentionRecorder, TokenGroup, group_maps, middle_blocks
-from partid.models.training.dataset import CachedDataset, scan_folder
+from partid.models.training.attention_maps import (AttentionRecorder, TokenGroup, group_maps, middle_blocks,
+                                                   part_groups, slot_groups)
+from partid.models.training.dataset import CachedDataset, module_fingerprint, scan_folder
 from partid.models.training.losses import (balanced_l1, fastcomposer_l1, localisation_loss, mask_mass,
                                            resize_mask)
-from partid.models.training.objective import loss_curve_image, noise_loss
+from partid.models.training.objective import background_kept, loss_curve_image, noise_batch, noise_loss
 from partid.models.training.trainer import Trainer, TrainConfig, TrainingCancelled, batch_plan
 
 
@@ -287,13 +288,15 @@ def test_localisation_loss_of_a_batch_is_the_mean_of_its_samples(kind):
     masks = {"face": torch.zeros(2, 4, 4), "ear": torch.zeros(2, 4, 4)}
     masks["face"][:, :2, :2] = 1
     masks["ear"][:, 2:, 3:] = 1
-    index = {"face": torch.tensor([[5], [5]]), "ear": torch.tensor([[-1], [9]])}
+    slots = torch.tensor([[5, -1], [5, 9]])                                  # text positions of face, ear
+    stacked = torch.stack([masks["face"], masks["ear"]], 1)
 
     def loss(rows):
-        # Groups of the regions present in this (micro-)batch, as IdentitySession.region_groups builds them.
-        groups = [TokenGroup(n, "context", index[n][rows], masks[n][rows]) for n in ("face", "ear")
-                  if bool((index[n][rows] >= 0).any())]
+        # Groups of the regions fused in this (micro-)batch, as the training session builds them.
+        groups = slot_groups(slots[rows], stacked[rows], ("face", "ear"), "context")
         return float(localisation_loss({"b": {n: a[rows] for n, a in attn.items()}}, {"b": (4, 4)}, groups, kind))
+
+    assert [g.name for g in slot_groups(slots[[0]], stacked[[0]], ("face", "ear"), "context")] == ["face"]
 
     assert loss([0, 1]) == pytest.approx((loss([0]) + loss([1])) / 2, abs=1e-7)
 
@@ -318,3 +321,62 @@ def test_storymaker_loss_of_a_batch_is_the_mean_of_its_samples():
                                        "storymaker"))
 
     assert loss([0, 1]) == pytest.approx((loss([0]) + loss([1])) / 2, abs=1e-7)
+
+
+def test_part_groups_leave_a_missing_part_out_and_a_split_batch_gives_the_same_loss():
+    """Visual Persona's part groups: part j owns tokens j*T..(j+1)*T-1; a sample whose part mask is empty has no
+    tokens in that group. With StoryMaker's loss (each part its own person) the batch's loss equals the mean of
+    its one-sample losses, as DDP and gradient accumulation compute it."""
+    gen = torch.Generator().manual_seed(5)
+    masks = torch.zeros(2, 3, 4, 4)
+    masks[:, 0, :2] = 1
+    masks[1, 1, 2:, :2] = 1                                   # part 1 only in sample 1; part 2 in neither
+    groups = part_groups(masks, 4, ("face", "upper", "lower"))
+    assert [g.person for g in groups] == [0, 1, 2]
+    assert torch.equal(groups[0].index, torch.tensor([[0, 1, 2, 3], [0, 1, 2, 3]]))
+    assert torch.equal(groups[1].index, torch.tensor([[-1] * 4, [4, 5, 6, 7]]))
+    assert groups[1].valid.tolist() == [False, True] and not bool(groups[2].valid.any())
+    attn = {g.name: torch.rand(2, 16, generator=gen) for g in groups}
+
+    def loss(rows):
+        sub = part_groups(masks[rows], 4, ("face", "upper", "lower"))
+        return float(localisation_loss({"b": {n: a[rows] for n, a in attn.items()}}, {"b": (4, 4)}, sub,
+                                       "storymaker"))
+
+    assert loss([0, 1]) == pytest.approx((loss([0]) + loss([1])) / 2, abs=1e-7)
+
+
+def test_noise_and_background_drop_of_a_sample_come_from_its_seed_alone():
+    """A micro-batch split over processes or accumulation steps must draw the same noise, timestep and
+    background choice per sample as the whole batch."""
+    to_sigma = lambda t: 1.0 + 10.0 * t                       # noqa: E731  (any monotone map)
+    noise, sigma = noise_batch((4, 8, 8), [7, 8, 9], to_sigma)
+    halves = [noise_batch((4, 8, 8), s, to_sigma) for s in ([7], [8, 9])]
+    assert torch.equal(noise, torch.cat([h[0] for h in halves])) and torch.equal(sigma, torch.cat([h[1] for h in halves]))
+    assert noise.shape == (3, 4, 8, 8) and len(set(sigma.tolist())) == 3
+    assert background_kept([1, 2], 0.0) is None
+    kept = background_kept(range(400), 0.5)
+    assert torch.equal(kept[10:20], background_kept(range(10, 20), 0.5)) and 140 < int(kept.sum()) < 260
+
+
+def test_module_fingerprint_is_the_same_in_every_process():
+    """Dataset cache keys hold the VAE's and CLIP's fingerprints: a restarted ComfyUI (another string-hash seed)
+    must compute the same id, or every restart recomputes the whole dataset."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import torch, partid_rig; from partid.models.training.dataset import module_fingerprint; "
+            "torch.manual_seed(0); m = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), "
+            "torch.nn.Linear(4, 2), torch.nn.Linear(2, 2)); print(module_fingerprint(m))")
+    tests_dir = str(Path(__file__).resolve().parents[1])
+    ids = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tests_dir,
+                          env={**__import__("os").environ, "PYTHONHASHSEED": str(seed), "PYTHONPATH": tests_dir}
+                          ).stdout.strip() for seed in range(1, 7)}
+    assert len(ids) == 1 and len(next(iter(ids))) == 16, ids
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2), torch.nn.Linear(2, 2))
+    assert module_fingerprint(m) in ids
+    with torch.no_grad():
+        m[2].bias.add_(1.0)                                   # the middle tensor changes: another id
+    assert module_fingerprint(m) not in ids

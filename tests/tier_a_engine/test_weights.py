@@ -57,8 +57,14 @@ def test_truncated_files_give_a_clear_error(tmp_path):
     pth = tmp_path / "cut.pth"
     torch.save({"a": torch.ones(1000)}, pth)
     pth.write_bytes(pth.read_bytes()[:300])
-    with pytest.raises(ModelFileError, match="download the file again"):
+    with pytest.raises(ModelFileError, match="download the file again") as err:
         load_state_dict(str(pth))
+    # Reported at a node input, the file's own fix is kept, once (it was followed by a second, generic "Fix:").
+    at_node = str(err.value.at_input("PartID Some Loader", "file", "choose a file of the right kind."))
+    assert at_node.startswith("[PartID] PartID Some Loader, input 'file': ") and at_node.count("Fix:") == 1
+    assert "Fix: download the file again" in at_node and "right kind" not in at_node
+    plain = ModelFileError("[PartID] x.bin is a Visual Persona file.").at_input("N", "adapter", "pick another.")
+    assert str(plain) == "[PartID] N, input 'adapter': x.bin is a Visual Persona file. Fix: pick another."
 
 
 def test_missing_and_unknown_types(tmp_path):

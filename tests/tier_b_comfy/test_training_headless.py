@@ -31,7 +31,7 @@ def rand(*shape, seed=0):
 
 def vp_prepare(path, sample):
     """Two body parts on the tiny SDXL (face = the bright square, upper = the rest of its column band)."""
-    from partid.nodes.training_run import _mask_file, load_rgb
+    from partid.models.training.images import load_mask_file as _mask_file, load_rgb
 
     img = load_rgb(path, 64).permute(0, 3, 1, 2)
     lat = F.avg_pool2d(img, 8)[0]

@@ -31,7 +31,7 @@ def data(tmp_path_factory):
 
 def synthetic_prepare(path, sample):
     """Latent = the image pooled to 8x8 (4 channels), fixed random text, mask from *_mask.png, ID inputs."""
-    from partid.nodes.training_run import _mask_file, load_rgb
+    from partid.models.training.images import load_mask_file as _mask_file, load_rgb
 
     img = load_rgb(path, 64).permute(0, 3, 1, 2)
     lat = F.avg_pool2d(img, 8)[0]
@@ -48,13 +48,13 @@ def session(comfy, data, tmp, **options):
     from fixtures_builders.training import TINY_SD15_LAYOUT, tiny_consistentid_groups
 
     from partid.models.training.dataset import CachedDataset
-    from partid.nodes.training_run import ConsistentIDSession, JobOptions
+    from partid.nodes.training_run import IdentitySession, JobOptions
 
     ds = CachedDataset(str(data), synthetic_prepare, "synthetic", cache_dir=str(tmp / "cache"))
     opts = JobOptions(**{"train": ("id_kv",), "resolution": 64, **options})
     with torch.inference_mode(False):
-        s = ConsistentIDSession(tiny_sd15_patcher(), tiny_consistentid_groups(), TINY_SD15_LAYOUT, opts, ds,
-                                torch.device("cpu"))
+        s = IdentitySession(tiny_sd15_patcher(), tiny_consistentid_groups(), TINY_SD15_LAYOUT, opts, ds,
+                            torch.device("cpu"))
         s.load()
     return s
 
@@ -169,14 +169,14 @@ def test_gradient_checkpointing_matches_and_records_once(comfy, data, tmp_path):
 
 def test_localisation_loss_raises_attention_mass_inside_masks(comfy, data, tmp_path):
     from partid.models.training.trainer import TrainConfig
-    from partid.nodes.training_run import run_consistentid
+    from partid.nodes.training_run import run_session
 
     rises, lines = {}, []
     for lam in (0.0, 1.0):
         s = session(comfy, data, tmp_path, loc_weight=lam)
         before = s.measure_mass(range(4))
-        trainer = run_consistentid(s, TrainConfig(steps=8, batch_size=2, learning_rate=1e-3, seed=0),
-                                   str(tmp_path / f"out{lam}.safetensors"), None)
+        trainer = run_session(s, TrainConfig(steps=8, batch_size=2, learning_rate=1e-3, seed=0),
+                              str(tmp_path / f"out{lam}.safetensors"), None)
         after = s.measure_mass(range(4))
         history = trainer.state.history
         rises[lam] = after - before
@@ -226,7 +226,7 @@ def test_visual_persona_per_part_localisation_on_sdxl(comfy, data, tmp_path, los
 
     from partid.models.training.dataset import CachedDataset
     from partid.models.training.trainer import TrainConfig
-    from partid.nodes.training_run import IdentitySession, JobOptions, run_consistentid
+    from partid.nodes.training_run import IdentitySession, JobOptions, run_session
 
     def fixed_loc(s):
         with torch.no_grad():
@@ -242,8 +242,8 @@ def test_visual_persona_per_part_localisation_on_sdxl(comfy, data, tmp_path, los
         s.load()
         assert s.recorder.normalise == ("keys" if loss == "storymaker" else "pixels")
         loc_before, before = fixed_loc(s)
-        run_consistentid(s, TrainConfig(steps=steps, batch_size=2, learning_rate=1e-3, seed=0),
-                         str(tmp_path / f"vp{loss}{lam}.safetensors"), None)
+        run_session(s, TrainConfig(steps=steps, batch_size=2, learning_rate=1e-3, seed=0),
+                    str(tmp_path / f"vp{loss}{lam}.safetensors"), None)
         loc_after, after = fixed_loc(s)
         rises[lam], falls[lam] = after - before, loc_before - loc_after
         lines.append(f"lambda {lam}: mass {before:.3f} -> {after:.3f}, loss on fixed samples {loc_before:.4f} -> "

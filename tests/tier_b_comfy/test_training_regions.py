@@ -42,7 +42,7 @@ def region_masks(face: torch.Tensor) -> torch.Tensor:
 
 
 def region_prepare(path, sample):
-    from partid.nodes.training_run import _mask_file, load_rgb
+    from partid.models.training.images import load_mask_file as _mask_file, load_rgb
 
     img = load_rgb(path, 64).permute(0, 3, 1, 2)
     lat = F.avg_pool2d(img, 8)[0]
@@ -61,24 +61,24 @@ def session(data, tmp, groups=None, **options):
     from fixtures_builders.training import TINY_SD15_LAYOUT, tiny_consistentid_groups
 
     from partid.models.training.dataset import CachedDataset
-    from partid.nodes.training_run import ConsistentIDSession, JobOptions
+    from partid.nodes.training_run import IdentitySession, JobOptions
 
     ds = CachedDataset(str(data), region_prepare, "regions", cache_dir=str(tmp / "cache"))
     opts = JobOptions(**{"train": ("facial_encoder",), "resolution": 64, **options})
     with torch.inference_mode(False):
-        s = ConsistentIDSession(tiny_sd15_patcher(), groups or tiny_consistentid_groups(facial=True),
-                                TINY_SD15_LAYOUT, opts, ds, torch.device("cpu"))
+        s = IdentitySession(tiny_sd15_patcher(), groups or tiny_consistentid_groups(facial=True),
+                            TINY_SD15_LAYOUT, opts, ds, torch.device("cpu"))
         s.load()
     return s
 
 
 def train_and_measure(s, tmp, name, steps=8):
     from partid.models.training.trainer import TrainConfig
-    from partid.nodes.training_run import run_consistentid
+    from partid.nodes.training_run import run_session
 
     before = s.measure_mass(range(4))
-    trainer = run_consistentid(s, TrainConfig(steps=steps, batch_size=2, learning_rate=1e-3, seed=0),
-                               str(tmp / f"{name}.safetensors"), None)
+    trainer = run_session(s, TrainConfig(steps=steps, batch_size=2, learning_rate=1e-3, seed=0),
+                          str(tmp / f"{name}.safetensors"), None)
     return before, s.measure_mass(range(4)), trainer.state.history
 
 
@@ -165,7 +165,7 @@ def test_prepared_regions_fuse_exactly_as_the_inference_nodes(comfy, model_dirs,
     from partid.models.consistentid import FacialEncoder
     from partid.models.face_parsing import face_parser_from
     from partid.nodes.training_regions import FacialText, facial_items
-    from partid.nodes.training_run import load_rgb
+    from partid.models.training.images import load_rgb
 
     nodes = comfy.nodes.NODE_CLASS_MAPPINGS
     folder = link_clip_vision(Path(model_dirs)).parent
