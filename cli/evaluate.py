@@ -13,7 +13,8 @@ Models are found in a ComfyUI models folder (--models, default: the ComfyUI that
 evaluation/clip_vit_large_patch14/, evaluation/dino_deitsmall16_pretrain.pth, insightface/models/<pack>/,
 face_parsing/, body_parsing/. A missing model leaves its metric empty (the summary says which).
 Writes OUT/metrics.csv (one row per pair), OUT/summary.json and OUT/summary.md (mean, std, count per
-metric; the model behind each). Exit codes: 0 done, 2 bad usage / pairing / model file.
+metric; the model behind each). Exit codes: 0 done, 2 bad usage / pairing / model file / no metric model
+found at all.
 """
 from __future__ import annotations
 
@@ -59,12 +60,27 @@ def _models_dir(given: str | None) -> str | None:
     return os.path.join(root, "models") if root else None
 
 
+def check_options(args) -> None:
+    """The flags that need no file, checked before any image or model is read."""
+    import torch
+
+    if not 0.0 < args.det_thresh <= 1.0:
+        raise ValueError(f"--det-thresh {args.det_thresh} is outside (0, 1]; insightface's default is 0.5")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as exc:
+        raise ValueError(f"--device {args.device!r} is not a torch device (cpu, cuda, cuda:1, mps)") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: this machine has no usable CUDA device; use --device cpu")
+
+
 def main(args) -> int:
     from ..models.errors import PartIDError
     from ..models.evaluation import pairing, run, setup
     from ..models.evaluation.report import summary_markdown
 
     try:
+        check_options(args)
         if args.manifest:
             if args.references:
                 raise ValueError("--references goes with --generations; a manifest names its references itself")
@@ -77,6 +93,9 @@ def main(args) -> int:
                                    face_pack=args.face_pack, conditioned_with=args.conditioned_with,
                                    face_parser=args.face_parser, body_parser=args.body_parser,
                                    det_thresh=args.det_thresh, device=args.device)
+        if all(why.startswith("not computed") for why in models.models_used().values()):
+            raise ValueError("no metric can be computed: no evaluation model was found or chosen ("
+                             + "; ".join(models.notes or ["check --models"]) + ")")
         summary = run.evaluate_to_folder(models, pairs, args.out,
                                          progress=lambda i, n: log.info("pair %d/%d", i, n))
     except (ValueError, OSError, PartIDError) as exc:

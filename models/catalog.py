@@ -51,6 +51,8 @@ class ModelFile:
 
 
 NON_COMMERCIAL = "non-commercial research only"
+# The names transformers reads a folder's weights from; a pack that lists model.safetensors accepts any of them.
+TRANSFORMERS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 CATALOG: tuple[ModelFile, ...] = (
     ModelFile("bisenet_face_parsing", "face_parser", "face_parsing",

@@ -51,10 +51,15 @@ def _tqdm_forwarding(progress: ProgressFn | None):
 
 def _read_lock(folder: str) -> dict:
     path = os.path.join(folder, LOCK_NAME)
-    if os.path.isfile(path):
+    if not os.path.isfile(path):
+        return {}
+    try:
         with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    return {}
+            lock = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise ModelFileError(f"[PartID] {path} (PartID's record of downloaded revisions) is unreadable: {exc}. "
+                             "Fix: delete it; the next download records the revisions again.") from exc
+    return lock if isinstance(lock, dict) else {}
 
 
 def _write_lock(folder: str, lock: dict) -> None:
@@ -85,7 +90,7 @@ def download(entry: ModelFile, folder: str, *, progress: ProgressFn | None = Non
     locked = lock.get(entry.name, {})
     revision = entry.revision or locked.get("revision") or "main"
     staging = os.path.join(folder, ".partid-download")
-    paths = []
+    staged = []
     try:
         for repo_file, local_name in zip(entry.repo_files, entry.filenames):
             meta = get_hf_file_metadata(hf_hub_url(entry.repo_id, repo_file, revision=revision, endpoint=endpoint))
@@ -105,10 +110,13 @@ def download(entry: ModelFile, folder: str, *, progress: ProgressFn | None = Non
                     f"[PartID] {repo_file} from {entry.repo_id}@{revision} has sha256 {digest}, expected {expected}. "
                     "The file was deleted. Fix: retry the download; if it repeats, the upstream file changed: "
                     f"download it by hand from {entry.source}.")
-            final = os.path.join(dest, local_name)
-            os.replace(got, final)
-            paths.append(final)
+            staged.append((got, os.path.join(dest, local_name)))
             locked.setdefault("sha256", {})[local_name] = digest
+        # Nothing enters the models folder until every file is fetched and verified, and the first file (what
+        # the search looks for: a pack's config.json) goes in last, so an interrupted download never leaves a
+        # folder that counts as installed.
+        for got, final in reversed(staged):
+            os.replace(got, final)
     except ModelFileError:
         raise
     except Exception as exc:  # network, offline mode, missing repo: all end the same way for the user
@@ -122,4 +130,4 @@ def download(entry: ModelFile, folder: str, *, progress: ProgressFn | None = Non
     locked.update({"repo_id": entry.repo_id, "revision": revision})
     lock[entry.name] = locked
     _write_lock(folder, lock)
-    return paths[0]
+    return staged[0][1]

@@ -10,8 +10,6 @@ import torch
 
 from .errors import InputError
 
-MIN_SIDE = 32  # below this no parser or detector sees anything; upscaled with a warning-free resize
-
 
 def to_rgb_batch(image: torch.Tensor, node: str, input_name: str = "image",
                  alpha: str = "drop") -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -89,4 +87,21 @@ def image_strip(crops: torch.Tensor, size: int = 128) -> torch.Tensor:
     x = crops.permute(0, 3, 1, 2).float() / 255.0
     x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return torch.cat(list(x.clamp(0, 1).permute(0, 2, 3, 1)), dim=1)[None]
+
+
+SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+def open_image(path, mode: str = "RGB"):
+    """An image file as ComfyUI's Load Image reads it, as a PIL image in `mode` ("RGB" or "L"): the EXIF
+    orientation applied (phone photos are stored sideways), 16-bit grayscale scaled to 8 bits (Pillow's own
+    conversion clips it to near white), alpha dropped."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        if im.mode in SIXTEEN_BIT_MODES:
+            wide = np.asarray(im, dtype=np.float64)
+            im = Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8), "L")
+        return im.convert(mode)
 

@@ -13,6 +13,7 @@ import torch
 
 from . import formats
 from .errors import ModelFileError
+from .catalog import TRANSFORMERS_WEIGHTS
 from .labels import BODY_LABEL_SETS, FACE_LABEL_SETS, label_set_of
 from .layouts.dinov2 import block_count, ffn_of
 from .weights import load_state_dict
@@ -64,6 +65,14 @@ def _other_parser_hint(labels: list[str], wanted: str) -> str:
     return ""
 
 
+def require_transformers_weights(folder: str, accepted: tuple[str, ...] = TRANSFORMERS_WEIGHTS) -> None:
+    """A transformers folder holds its weights (config.json alone is what an interrupted copy or download
+    leaves): checked at load, so the loader node names the problem rather than the node that first runs it."""
+    if not any(os.path.isfile(os.path.join(folder, name)) for name in accepted):
+        raise ModelFileError(f"[PartID] {folder} has config.json but no weights ({' or '.join(accepted)}): an "
+                             "interrupted download or copy? Fix: copy or download the folder's files again.")
+
+
 def load_parser(path: str, wanted: str) -> ParserWeights:
     """`wanted` is "face" or "body"."""
     sets = FACE_LABEL_SETS if wanted == "face" else BODY_LABEL_SETS
@@ -81,6 +90,7 @@ def load_parser(path: str, wanted: str) -> ParserWeights:
         if key is None:
             raise ModelFileError(f"[PartID] {config_path}: its {len(labels)} labels are not a known {wanted} "
                                  f"label set.{_other_parser_hint(labels, wanted)}")
+        require_transformers_weights(folder)
         return ParserWeights("segformer", folder, tuple(labels), key, config=config)
     if path.endswith(".onnx"):
         from .onnx_signature import parser_classes

@@ -73,8 +73,10 @@ def active_ui(entries: list[tuple[str, bool, str]]) -> dict:
 
 
 def window_and_mask(weight: float, start_at: float, end_at: float, mask) -> list[tuple[str, bool, str]]:
+    empty = mask is not None and not bool((mask > 0).any())
     return [("steps", weight != 0 and end_at > start_at, f"{start_at:g}-{end_at:g} of sampling"),
-            ("mask", mask is not None, "masked" if mask is not None else "everywhere")]
+            ("mask", mask is not None and not empty,
+             "empty: acts nowhere" if empty else "masked" if mask is not None else "everywhere")]
 
 
 def encode_ui(crops: torch.Tensor, names: list[str]) -> dict:

@@ -18,11 +18,20 @@ from ..models.images import to_rgb_batch, to_uint8_hwc
 from . import managed, types
 from .loaders import WRONG_KIND_FIX, download_input
 from .model_choice import choices, resolve
+from .validate import require_choice
 
 LOADER = "PartID Evaluation Models Loader"
 NODE = "PartID Evaluate Pair"
 EvalModels = io.Custom("PARTID_EVAL_MODELS")
 MANAGED_ATTR = {"clip": "_partid_clip", "dino": "_partid_dino"}   # managed.Managed kept on the EvaluationModels
+NONE = "none"                                  # a loader choice that leaves the model out (its metrics: NaN)
+CONDITIONED_WITH = ("buffalo_l", "antelopev2", "unknown")
+
+
+def _model_input(name: str, kind: str, metrics_of: str) -> io.Combo.Input:
+    options = choices(kind, "evaluation")
+    return io.Combo.Input(name, options=options + [NONE], default=options[0],
+                          tooltip=f"For {metrics_of}; '{NONE}' leaves them out (NaN), e.g. without the model file.")
 
 
 def _device():
@@ -38,8 +47,8 @@ class EvaluationModelsLoader(io.ComfyNode):
             node_id="PartIDEvaluationModelsLoader", display_name=LOADER, category="PartID/evaluation",
             description="Loads the CLIP (both towers, for CLIP-I and CLIP-T; openai/clip-vit-large-patch14) and the "
                         "DINO ViT-S/16 (DINO, FGIS, per-part similarity) used by PartID Evaluate Pair.",
-            inputs=[io.Combo.Input("clip", options=choices("eval_clip", "evaluation")),
-                    io.Combo.Input("dino", options=choices("eval_dino", "evaluation")), download_input()],
+            inputs=[_model_input("clip", "eval_clip", "CLIP-I and CLIP-T"),
+                    _model_input("dino", "eval_dino", "DINO, FGIS and the per-part similarity"), download_input()],
             outputs=[EvalModels.Output(display_name="eval_models")],
         )
 
@@ -52,6 +61,9 @@ class EvaluationModelsLoader(io.ComfyNode):
         _, offload_device = managed.devices()
         for name, choice, kind, build in (("clip", clip, "eval_clip", CLIPScorer),
                                           ("dino", dino, "eval_dino", DINOScorer)):
+            if choice == NONE:
+                loaded[name] = None
+                continue
             path = resolve(LOADER, name, choice, kind, "evaluation", download)
             try:
                 loaded[name] = build(path, offload_device)
@@ -60,7 +72,8 @@ class EvaluationModelsLoader(io.ComfyNode):
         models = metrics.EvaluationModels(clip=loaded["clip"], dino=loaded["dino"])
         # Both go under ComfyUI's model management, loaded when PartID Evaluate Pair runs.
         for name, scorer in loaded.items():
-            managed.adopt(models, MANAGED_ATTR[name], scorer, scorer.model)
+            if scorer is not None:
+                managed.adopt(models, MANAGED_ATTR[name], scorer, scorer.model)
         return io.NodeOutput(models)
 
 
@@ -94,7 +107,7 @@ class EvaluatePair(io.ComfyNode):
                                                "Persona parses with SCHP ATR)."),
                 io.Float.Input("det_thresh", default=0.5, min=0.01, max=1.0, step=0.01,
                                tooltip="Face detection threshold for FaceSim (insightface default 0.5)."),
-                io.Combo.Input("conditioned_with", options=["buffalo_l", "antelopev2", "unknown"], default="buffalo_l",
+                io.Combo.Input("conditioned_with", options=list(CONDITIONED_WITH), default="buffalo_l",
                                tooltip="The face pack that conditioned the generation; the table warns when "
                                        "FaceSim uses the same one."),
             ],
@@ -113,6 +126,7 @@ class EvaluatePair(io.ComfyNode):
         if not isinstance(eval_models, metrics.EvaluationModels) and not hasattr(eval_models, "models_used"):
             raise InputError(NODE, "eval_models", f"expected evaluation models, got {type(eval_models).__name__}.",
                              "connect PartID Evaluation Models Loader.")
+        require_choice(NODE, "conditioned_with", conditioned_with, CONDITIONED_WITH)
         if analyzer is not None and not hasattr(analyzer, "sessions"):
             raise InputError(NODE, "analyzer", f"expected a face analyzer, got {type(analyzer).__name__}.",
                              "connect PartID Face Analysis Loader.")

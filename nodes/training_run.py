@@ -113,7 +113,7 @@ def make_prepare(vae, clip, resolution: int, face_parser=None, analyzer=None, cl
             file_mask = load_mask_file(path, resolution)      # the user's own face mask wins over the parser's
             if file_mask is not None:
                 out["mask"] = resize_mask(file_mask, hw).view(hw)
-            out["arcface"] = _arcface(analyzer, image)
+            out["arcface"] = _arcface(analyzer, image, path)
             return out
         out = latent_and_text(vae, clip, image, sample.caption)
         mask = load_mask_file(path, resolution)
@@ -124,7 +124,7 @@ def make_prepare(vae, clip, resolution: int, face_parser=None, analyzer=None, cl
         if mask is None:
             mask = torch.ones(1, resolution, resolution)
         out["mask"] = resize_mask(mask, tuple(out["latent"].shape[-2:])).view(out["latent"].shape[-2:])
-        out["arcface"] = _arcface(analyzer, image)
+        out["arcface"] = _arcface(analyzer, image, path)
         if clip_vision is not None:   # the CLIP preprocessing of inference and of the region path
             from .consistentid_encode import encode_states
 
@@ -140,14 +140,18 @@ def make_prepare(vae, clip, resolution: int, face_parser=None, analyzer=None, cl
 TRAINING_DET_THRESH = 0.3
 
 
-def _arcface(analyzer, image: torch.Tensor) -> torch.Tensor:
+def _arcface(analyzer, image: torch.Tensor, path: str = "") -> torch.Tensor:
     """[512] normed ArcFace of the largest face (colour order BGR, as the official training fed insightface);
-    zeros without an analyzer or a face (official uncond)."""
+    zeros without an analyzer or a face (official uncond), the latter logged with the image's name."""
     if analyzer is None:
         return torch.zeros(512)
     from ..models.face_analysis import analyze
 
     found = analyze(analyzer, [to_uint8_hwc(image[0])], det_thresh=TRAINING_DET_THRESH, on_no_face="bypass")
+    if found.selected_faces()[0] is None:
+        log.warning("[PartID] training image %s: no face found (detection threshold %s in the %d px centre crop); "
+                    "it trains with the zero identity embedding. Crop it closer to the face, or remove it.",
+                    path or "(unnamed)", TRAINING_DET_THRESH, image.shape[1])
     return torch.from_numpy(found.embeddings(normed=True)[0]).float()
 
 

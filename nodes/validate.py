@@ -1,7 +1,11 @@
 """Input checks a node runs itself: ComfyUI (0.3.64) does not check V3 combo values before execution."""
 from __future__ import annotations
 
+import logging
+
 from ..models.errors import InputError
+
+log = logging.getLogger("partid")
 
 
 def require_choice(node: str, input_name: str, value, options) -> None:
@@ -22,6 +26,9 @@ def check_identity_mask(node: str, mask) -> None:
                          "connect a MASK output (e.g. Load Image's mask, a Solid Mask or PartID Body Parts).")
     if not torch.isfinite(mask).all():
         raise InputError(node, "mask", "the mask holds NaN or infinite values.", "connect a mask with values in 0..1.")
+    if not bool((mask > 0).any()):     # e.g. a Select Labels with nothing switched on, a Solid Mask of 0
+        log.warning("[PartID] %s: the mask is empty (all zero), so the identity acts nowhere; connect a mask of "
+                    "the region it should cover, or disconnect it for the whole image.", node)
 
 
 def require_adapter(node: str, adapter, family: str, groups: tuple[str, ...] = (), bases=None) -> str | None:
@@ -41,6 +48,9 @@ def check_window(node: str, start_at: float, end_at: float) -> None:
     if start_at > end_at:
         raise InputError(node, "start_at", f"start_at {start_at} is after end_at {end_at}.",
                          "make start_at smaller than end_at.")
+    if start_at == end_at:            # a window of one sigma, which no sampler step lands on
+        log.warning("[PartID] %s: start_at equals end_at (%s), so the identity acts at no step; widen the window.",
+                    node, start_at)
 
 
 CONSISTENTID_BASE_FIX = ("pick the ConsistentID file made for this base model (ConsistentID-v1.bin for SD1.5, "

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelFileError
+from ..model_files import require_transformers_weights
 
 MAX_TOKENS = 77
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
@@ -35,6 +36,8 @@ class CLIPScorer:
     def __init__(self, folder: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
         from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
+        if os.path.isfile(folder):       # a file picked inside the folder (e.g. its model.safetensors)
+            folder = os.path.dirname(folder)
         config_path = os.path.join(folder, "config.json")
         if not os.path.isfile(config_path):
             raise ModelFileError(f"[PartID] {folder}: a CLIP folder needs config.json (transformers layout, "
@@ -44,6 +47,7 @@ class CLIPScorer:
         if config.get("model_type") != "clip":
             raise ModelFileError(f"[PartID] {config_path} describes a '{config.get('model_type')}' model; CLIP-I and "
                                  "CLIP-T need a full CLIP (image and text towers), e.g. openai/clip-vit-large-patch14.")
+        require_transformers_weights(folder, ("model.safetensors",))
         missing = [f for f in TOKENIZER_FILES + ("preprocessor_config.json",)
                    if not os.path.isfile(os.path.join(folder, f))]
         if missing:
@@ -69,7 +73,9 @@ class CLIPScorer:
 
     def pixel_values(self, images: list[np.ndarray]) -> torch.Tensor:
         """uint8 RGB [H, W, 3] arrays -> the processor's [N, 3, 224, 224] float32."""
-        return self.processor(images=list(images), return_tensors="pt")["pixel_values"]
+        # Channels-last stated: the processor otherwise guesses, and reads a side of 1, 3 or 4 px as channels.
+        return self.processor(images=list(images), return_tensors="pt",
+                              input_data_format="channels_last")["pixel_values"]
 
     @torch.inference_mode()
     def image_embeddings(self, images: list[np.ndarray]) -> torch.Tensor:

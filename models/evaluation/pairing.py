@@ -151,12 +151,12 @@ def read_manifest(path: str | Path, prompts_file: str | Path | None = None) -> l
 
 
 def load_rgb(path: str | Path):
-    """uint8 RGB [H, W, 3] (Pillow, as ComfyUI's Load Image; alpha dropped)."""
+    """uint8 RGB [H, W, 3] (as ComfyUI's Load Image: EXIF orientation, 16-bit gray scaled; alpha dropped)."""
     import numpy as np
-    from PIL import Image, ImageOps
+
+    from ..images import open_image
 
     try:
-        with Image.open(path) as img:
-            return np.array(ImageOps.exif_transpose(img).convert("RGB"))
+        return np.array(open_image(path, "RGB"))
     except Exception as exc:    # checked while pairing; this covers a file changed since
         raise ValueError(f"{path} is not a readable image ({type(exc).__name__}: {exc})") from exc

@@ -45,7 +45,23 @@ def summarise(rows: list[dict], models_used: dict[str, str], notes: list[str] | 
         stats[column] = {"mean": float(values.mean()) if values.size else None,
                          "std": float(values.std()) if values.size else None, "count": int(values.size)}
     return {"pairs": len(rows), "metrics": stats, "models": models_used,
-            "scales": {m: SCALES.get(m, "cosine") for m in METRICS}, "notes": list(notes or [])}
+            "scales": {m: SCALES.get(m, "cosine") for m in METRICS},
+            "notes": list(notes or []) + _gap_notes(rows, models_used, stats)}
+
+
+def _gap_notes(rows: list[dict], models_used: dict[str, str], stats: dict) -> list[str]:
+    """Why a computed metric has fewer values than pairs (an empty cell is otherwise unexplained)."""
+    computed = {m for m, why in models_used.items() if not str(why).startswith("not computed")}
+    out = []
+    no_ref_face = sum(1 for r in rows if r.get("face_in_reference") == 0)
+    if "face_sim" in computed and no_ref_face:
+        out.append(f"face_sim is empty for {no_ref_face} pair(s) whose reference has no detected face.")
+    for metric, what in (("fgis", "facial region"), ("part_sim", "body part")):
+        gaps = len(rows) - stats[metric]["count"]
+        if metric in computed and gaps:
+            out.append(f"{metric} is empty for {gaps} pair(s) with no {what} found in both images: a generation "
+                       f"that lost them is left out of {metric} (face_sim counts a lost face as 0).")
+    return out
 
 
 def summary_markdown(summary: dict) -> str:

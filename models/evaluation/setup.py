@@ -29,7 +29,7 @@ def folders_of(models_dir: str | None, key: str) -> list[str]:
 
 def find_entry(models_dir: str | None, name: str) -> str | None:
     entry = catalog.by_name(name)
-    return locate.find(entry, folders_of(models_dir, entry.folder))
+    return locate.find(entry, folders_of(models_dir, entry.folder)) or locate.find_in_hf_cache(entry)
 
 
 def choose_face_pack(available: list[str], requested: str = "auto",

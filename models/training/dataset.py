@@ -87,8 +87,9 @@ def file_digest(path: str) -> str:
 
 # Part of every cache key: raise it when what the prepare functions compute changes, so caches written
 # by an older PartID are recomputed (2: ConsistentID region masks cut at the parse size, then resized;
-# 3: a *_mask.png also applies with fused regions, CLIP-H states with the official preprocessing everywhere).
-CACHE_FORMAT = 3
+# 3: a *_mask.png also applies with fused regions, CLIP-H states with the official preprocessing everywhere;
+# 4: images and masks read with their EXIF orientation and 16-bit gray scaled, as Load Image reads them).
+CACHE_FORMAT = 4
 
 
 class CachedDataset:

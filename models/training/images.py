@@ -10,6 +10,8 @@ import os
 import numpy as np
 import torch
 
+from ..images import open_image
+
 MASK_SUFFIXES = ("_mask.png", "_mask.jpg")
 
 
@@ -20,12 +22,12 @@ def _square(im, resolution: int, resample):
 
 
 def load_rgb(path: str, resolution: int) -> torch.Tensor:
-    """Centre square crop, resized to resolution (bicubic): IMAGE [1, R, R, 3] in 0..1."""
+    """Centre square crop, resized to resolution (bicubic): IMAGE [1, R, R, 3] in 0..1. Read as Load Image
+    reads it (EXIF orientation, 16-bit), so training sees the photo the user sees."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        im = _square(im.convert("RGB"), resolution, Image.BICUBIC)
-        return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0)[None]
+    im = _square(open_image(path, "RGB"), resolution, Image.BICUBIC)
+    return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0)[None]
 
 
 def load_mask_file(path: str, resolution: int) -> torch.Tensor | None:
@@ -36,7 +38,6 @@ def load_mask_file(path: str, resolution: int) -> torch.Tensor | None:
     stem = os.path.splitext(path)[0]
     for suffix in MASK_SUFFIXES:
         if os.path.isfile(stem + suffix):
-            with Image.open(stem + suffix) as im:
-                im = _square(im.convert("L"), resolution, Image.BILINEAR)
-                return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0)[None]
+            im = _square(open_image(stem + suffix, "L"), resolution, Image.BILINEAR)
+            return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0)[None]
     return None

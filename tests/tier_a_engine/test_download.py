@@ -107,8 +107,53 @@ def test_pack_search_finds_nested_folders(tmp_path):
     entry = catalog.by_name("segformer_b2_clothes")
     nested = tmp_path / "models" / entry.name
     nested.mkdir(parents=True)
-    (nested / "config.json").write_text("{}")
+    for name in entry.filenames:
+        (nested / name).write_text("{}")
     assert locate.find(entry, [str(tmp_path)]) == str(nested)
+
+
+def test_a_partial_pack_is_not_found_and_the_error_names_what_it_lacks(tmp_path):
+    """config.json alone (what an interrupted copy leaves) used to count as the installed pack, and the loader
+    then failed a node later with a bare transformers error."""
+    entry = catalog.by_name("segformer_face_parsing")
+    folder = tmp_path / entry.name
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    assert locate.find(entry, [str(tmp_path)]) is None
+    msg = str(locate.missing_error(entry, [str(tmp_path)], "PartID Face Parser Loader"))
+    assert f"Incomplete (an interrupted download or copy?): {folder} lacks model.safetensors, " \
+           "preprocessor_config.json." in msg
+    (folder / "preprocessor_config.json").write_text("{}")
+    (folder / "pytorch_model.bin").write_bytes(b"x")      # weights under another name transformers reads
+    assert locate.find(entry, [str(tmp_path)]) == str(folder)
+
+
+def test_an_interrupted_pack_download_leaves_nothing_that_counts_as_installed(tmp_path):
+    entry = catalog.by_name("segformer_face_parsing")
+    files = {("jonathandinu/face-parsing", "config.json"): b'{"model_type": "segformer"}',
+             ("jonathandinu/face-parsing", "preprocessor_config.json"): b"{}"}
+    broken = FakeHub(files)                                # model.safetensors: 404 mid-pack
+    try:
+        with pytest.raises(ModelFileError, match="could not download segformer_face_parsing"):
+            download.download(entry, str(tmp_path), endpoint=broken.url)
+    finally:
+        broken.close()
+    assert not (tmp_path / entry.name / "config.json").exists() and locate.find(entry, [str(tmp_path)]) is None
+    whole = FakeHub({**files, ("jonathandinu/face-parsing", "model.safetensors"): PAYLOAD})
+    try:
+        first = download.download(entry, str(tmp_path), endpoint=whole.url)
+    finally:
+        whole.close()
+    assert first == str(tmp_path / entry.name / "config.json")
+    assert locate.find(entry, [str(tmp_path)]) == str(tmp_path / entry.name)
+    assert (tmp_path / entry.name / "model.safetensors").read_bytes() == PAYLOAD
+
+
+def test_a_damaged_lock_file_is_named_with_its_fix(tmp_path, hub):
+    (tmp_path / download.LOCK_NAME).write_text("{not json")
+    with pytest.raises(ModelFileError) as err:
+        download.download(_entry(), str(tmp_path), endpoint=hub.url)
+    assert download.LOCK_NAME in str(err.value) and "Fix: delete it" in str(err.value)
 
 
 def test_every_catalog_entry_is_complete():
@@ -117,3 +162,33 @@ def test_every_catalog_entry_is_complete():
         # Packs fetch every file they hold; a single file fetches one, saved under its first (canonical) name.
         expected = 0 if not entry.repo_id else (len(entry.filenames) if entry.is_pack else 1)
         assert len(entry.repo_files) == expected, entry.name
+
+
+def test_models_already_in_the_hugging_face_cache_are_used_in_place(tmp_path, monkeypatch):
+    """A user who ran the model with diffusers/transformers has it in the HF cache: found there (read only)
+    rather than downloaded again; a pack counts only when all its files are cached."""
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    commit = "ab" * 20
+
+    def cache(repo_id, files):
+        repo = tmp_path / "hub" / ("models--" + repo_id.replace("/", "--"))
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / "main").write_text(commit)
+        for name in files:
+            path = repo / "snapshots" / commit / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"x")
+        return repo / "snapshots" / commit
+
+    assert locate.find_in_hf_cache(_entry()) is None
+    snap = cache("JackAILab/ConsistentID", ["face_parsing.pth"])
+    assert locate.find_in_hf_cache(_entry()) == str(snap / "face_parsing.pth")
+    pack = catalog.by_name("segformer_face_parsing")
+    cache(pack.repo_id, ["config.json", "model.safetensors"])                 # preprocessor_config.json missing
+    assert locate.find_in_hf_cache(pack) is None
+    snap = cache(pack.repo_id, ["preprocessor_config.json"])
+    assert locate.find_in_hf_cache(pack) == str(snap)
+    assert locate.find_in_hf_cache(catalog.by_name("buffalo_l")) is None      # not a Hub model
+    assert "Hugging Face cache was searched too" in str(locate.missing_error(_entry(), [str(tmp_path)]))

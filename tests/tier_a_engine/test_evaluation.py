@@ -351,3 +351,48 @@ def test_files_of_the_wrong_kind_are_refused_by_name(models_dir):
         dino_vit_from_file(str(models_dir / "face_parsing" / "face_parsing.pth"))
     with pytest.raises(ModelFileError, match="'segformer' model; CLIP-I and CLIP-T need a full CLIP"):
         CLIPScorer(str(segformer_face_folder()))
+
+
+def test_a_clip_folder_is_read_from_a_file_picked_inside_it_and_needs_its_weights(tmp_path):
+    """A clone of openai/clip-vit-large-patch14 under its own name shows in the loader's combo as
+    'clip-vit-large-patch14/model.safetensors': the file's folder is the model (it used to be refused for a
+    config.json it has). A copy without the weights file is refused at load, naming the folder."""
+    import shutil
+
+    from partid.models.errors import ModelFileError
+    from partid.models.evaluation.clip_score import CLIPScorer
+
+    clone = tmp_path / "clip-vit-large-patch14"
+    shutil.copytree(clip_folder(), clone)
+    scorer = CLIPScorer(str(clone / "model.safetensors"))
+    assert scorer.folder == str(clone) and scorer.short_name == "clip-vit-large-patch14"
+    (clone / "model.safetensors").unlink()
+    with pytest.raises(ModelFileError, match="has config.json but no weights"):
+        CLIPScorer(str(clone))
+
+
+def test_clip_reads_a_thin_image_as_channels_last():
+    """A 4 x 300 red strip: the processor used to guess channels-first for a side of 1, 3 or 4 px."""
+    from partid.models.evaluation.clip_score import CLIPScorer
+
+    red = np.zeros((4, 300, 3), np.uint8)
+    red[..., 0] = 255
+    px = CLIPScorer(str(clip_folder())).pixel_values([red])
+    assert px.shape == (1, 3, 224, 224) and bool((px[0, 0] > px[0, 1]).all()) and bool((px[0, 0] > px[0, 2]).all())
+
+
+def test_the_summary_explains_empty_cells_of_computed_metrics():
+    """A reference without a face empties face_sim; a generation that lost its face empties FGIS for that pair
+    (while face_sim scores it 0): both are counted in the notes rather than left unexplained."""
+    from partid.models.evaluation import report
+
+    nan = math.nan
+    rows = [{"face_sim": nan, "fgis": 0.8, "part_sim": nan, "face_in_reference": 0, "face_in_generation": 1},
+            {"face_sim": 0.0, "fgis": nan, "part_sim": nan, "face_in_reference": 1, "face_in_generation": 0},
+            {"face_sim": 0.6, "fgis": 0.7, "part_sim": nan, "face_in_reference": 1, "face_in_generation": 1}]
+    used = {m: "some model" for m in metrics.METRICS}
+    used["part_sim"] = "not computed: no DINO and body parser"
+    notes = report.summarise(rows, used)["notes"]
+    assert notes == ["face_sim is empty for 1 pair(s) whose reference has no detected face.",
+                     "fgis is empty for 1 pair(s) with no facial region found in both images: a generation that "
+                     "lost them is left out of fgis (face_sim counts a lost face as 0)."]

@@ -138,6 +138,9 @@ def test_evaluate_command_writes_csv_and_summary(run_dirs, capsys):
             assert s["mean"] == pytest.approx(np.mean(values), abs=1e-6)
             assert s["std"] == pytest.approx(np.std(values), abs=1e-6)
     assert summary["metrics"]["clip_t"]["count"] == 1
+    for m in ("fgis", "part_sim"):       # a pair left out of a computed metric is explained in the notes
+        gaps = summary["pairs"] - summary["metrics"][m]["count"]
+        assert (gaps > 0) == any(n.startswith(f"{m} is empty for {gaps} pair(s)") for n in summary["notes"])
     assert "| face_sim |" in (out / "summary.md").read_text()
 
 
@@ -164,6 +167,13 @@ def test_bad_usage_exits_2(tmp_path):
     (tmp_path / "m.csv").write_text("reference,generation\ng/a.png,g/a.png\n")
     assert runner.main(["evaluate", "--manifest", str(tmp_path / "m.csv"), "--references", str(tmp_path / "g"),
                         "--out", str(tmp_path / "o")]) == 2
+    # No metric model anywhere (a mistyped --models): exit 2, not an all-empty metrics.csv and success.
+    assert runner.main(["evaluate", "--references", str(tmp_path / "g"), "--generations", str(tmp_path / "g"),
+                        "--out", str(tmp_path / "empty"), "--models", str(tmp_path / "no_such_folder")]) == 2
+    assert not (tmp_path / "empty" / "metrics.csv").exists()
+    for flags in (["--det-thresh", "0"], ["--device", "nonsense"]):     # checked before any model loads
+        assert runner.main(["evaluate", "--references", str(tmp_path / "g"), "--generations", str(tmp_path / "g"),
+                            "--out", str(tmp_path / "o"), *flags]) == 2
     (tmp_path / "g" / "a_2.png").write_bytes(b"not an image")    # a broken generation: no traceback, exit 2
     assert runner.main(["evaluate", "--references", str(_touch(tmp_path / "r", "a.png")), "--generations",
                         str(tmp_path / "g"), "--out", str(tmp_path / "o")]) == 2

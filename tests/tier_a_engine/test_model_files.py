@@ -77,6 +77,19 @@ def test_face_parsers_by_label_names():
     assert seg.backend == "segformer" and seg.labels == SEGFORMER_FACE and seg.label_set == "segformer_face"
 
 
+def test_a_segformer_folder_without_its_weights_is_refused_by_the_loader(tmp_path):
+    """config.json alone (an interrupted copy) loaded, and the first parse failed a node later with a bare
+    transformers OSError; the loader now names the folder and the fix."""
+    import shutil
+
+    folder = tmp_path / "face-parsing"
+    folder.mkdir()
+    shutil.copy(parsers.segformer_face_folder() / "config.json", folder / "config.json")
+    with pytest.raises(ModelFileError) as err:
+        model_files.load_parser(str(folder), "face")
+    assert "has config.json but no weights" in str(err.value) and "Fix: copy or download" in str(err.value)
+
+
 def test_body_parser_and_cross_kind_refusals(cid_sd15):
     clothes = parsers.segformer_clothes_folder()
     body = model_files.load_parser(str(clothes), "body")

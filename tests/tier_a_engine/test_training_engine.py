@@ -380,3 +380,34 @@ def test_module_fingerprint_is_the_same_in_every_process():
     with torch.no_grad():
         m[2].bias.add_(1.0)                                   # the middle tensor changes: another id
     assert module_fingerprint(m) not in ids
+
+
+def test_training_and_evaluation_read_images_as_load_image_does(tmp_path):
+    """A phone photo stored sideways (EXIF Orientation 6) trains upright, as Load Image shows it, and its
+    *_mask.png (drawn on the upright photo) still covers the same pixels; a 16-bit grayscale PNG keeps its
+    tones (Pillow's own conversion made it near white)."""
+    import numpy as np
+    from PIL import Image
+
+    from partid.models.evaluation.pairing import load_rgb as eval_load_rgb
+    from partid.models.training.images import load_mask_file, load_rgb
+
+    stored = np.zeros((40, 80, 3), np.uint8)
+    stored[:, :40] = 255                                        # left half white as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6                                           # rotate 90 degrees clockwise to display
+    Image.fromarray(stored).save(tmp_path / "phone.jpg", exif=exif.tobytes(), quality=95)
+    upright = np.zeros((80, 40), np.uint8)
+    upright[:40] = 255                                          # what the viewer shows: the top half white
+    Image.fromarray(upright).save(tmp_path / "phone_mask.png")
+    image = load_rgb(str(tmp_path / "phone.jpg"), 40)[0].mean(-1)          # centre square of the upright photo
+    mask = load_mask_file(str(tmp_path / "phone.jpg"), 40)[0]
+    assert image[:16].mean() > 0.9 and image[-16:].mean() < 0.1, (image[:16].mean(), image[-16:].mean())
+    assert torch.allclose(image, mask, atol=0.06), float((image - mask).abs().max())
+    assert eval_load_rgb(tmp_path / "phone.jpg").shape == (80, 40, 3)
+
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (64, 1))
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    assert abs(float(load_rgb(str(tmp_path / "deep.png"), 64).mean()) - 0.5) < 0.01
+    assert abs(float(eval_load_rgb(tmp_path / "deep.png").mean()) - 127.5) < 2

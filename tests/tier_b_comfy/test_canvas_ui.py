@@ -109,3 +109,22 @@ def test_visual_persona_apply_lists_active_parts(comfy, monkeypatch):
     assert [rows[p]["on"] for p in ("face", "upper", "lower")] == [True, False, True]
     assert rows["lower"]["detail"] == "x0.5" and rows["references"]["detail"] == "2"
     assert rows["steps"]["detail"] == "0-0.5 of sampling" and rows["mask"]["on"] is False
+
+
+def test_an_empty_mask_or_window_is_said_and_shown_off(comfy, monkeypatch, caplog):
+    """A mask with no pixel on (a Select Labels with nothing switched on) or start_at == end_at leaves the model
+    unchanged in effect: the node now says so in the log and its canvas shows the mask chip off."""
+    from partid.models.identity_tokens import IdentityTokens
+
+    apply_cls = node(comfy, "PartIDVisualPersonaApply")
+    module = sys.modules[apply_cls.__module__]
+    monkeypatch.setattr(module, "check_inputs", lambda *a: None)
+    monkeypatch.setattr(module, "apply_visual_persona", lambda model, *a: model)
+    ident = IdentityTokens(torch.zeros(1, 2, 8), torch.zeros(1, 2, 8), ("face",), (2,), (1.0,), "visual_persona")
+    with caplog.at_level("WARNING", logger="partid"):
+        (_model,), ui = comfy.run(apply_cls, model="model", adapter=None, identity=ident, mask=torch.zeros(1, 8, 8),
+                                  start_at=0.4, end_at=0.4)
+    rows = {r["name"]: r for r in ui["partid_active"]}
+    assert rows["mask"]["on"] is False and rows["mask"]["detail"] == "empty: acts nowhere"
+    assert rows["steps"]["on"] is False
+    assert "the mask is empty (all zero)" in caplog.text and "start_at equals end_at (0.4)" in caplog.text

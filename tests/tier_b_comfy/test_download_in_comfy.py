@@ -40,3 +40,17 @@ def test_loader_downloads_when_allowed_and_reports_progress(comfy, empty_face_pa
     count = len(hub.requests)
     comfy.run(loader, parser="bisenet_face_parsing", download=True)
     assert len(hub.requests) == count
+
+
+def test_a_failed_download_names_the_loader_and_its_input(comfy, empty_face_parsing_folder, monkeypatch):
+    hub = FakeHub({})                                          # the Hub answers, but not with this file
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    loader = comfy.nodes.NODE_CLASS_MAPPINGS["PartIDFaceParserLoader"]
+    try:
+        with pytest.raises(Exception) as err:
+            comfy.run(loader, parser="bisenet_face_parsing", download=True)
+    finally:
+        hub.close()
+    msg = str(err.value)
+    assert "PartID Face Parser Loader, input 'parser'" in msg and "could not download bisenet_face_parsing" in msg
+    assert msg.count("Fix:") == 1 and str(empty_face_parsing_folder) in msg.split("Fix:")[1]

@@ -135,6 +135,24 @@ def test_self_pair_and_conditioning_note(comfy, loaded, model_dirs):
     assert "conditioned the generation (buffalo_l)" in table and "not computed: no DINO and face parser" in table
 
 
+def test_a_model_left_out_gives_nan_for_its_metrics_only(comfy, loaded):
+    """Without the 1.7 GB CLIP a user still gets DINO from the node ('none'); each combo offers only its own
+    models (the evaluation folder holds both)."""
+    loader = node(comfy, "PartIDEvaluationModelsLoader")
+    options = {k: v[1]["options"] for k, v in loader.GET_NODE_INFO_V1()["input"]["required"].items() if k != "download"}
+    assert options["clip"][-1] == options["dino"][-1] == "none"
+    assert "dino_deitsmall16_pretrain.pth" not in options["clip"] and not any("clip" in o for o in options["dino"])
+    (no_clip,), _ = comfy.run(loader, clip="none", dino="dino_vits16")
+    astro = torch.from_numpy(photos.astronaut()).float().div(255)[None]
+    out, _ = comfy.run(node(comfy, "PartIDEvaluatePair"), eval_models=no_clip, reference=astro, generation=astro,
+                       prompt="a photo", conditioned_with="unknown")
+    face_sim, clip_i, clip_t, dino, fgis, part_sim, table = out
+    assert math.isnan(clip_i) and math.isnan(clip_t) and dino == pytest.approx(1.0, abs=1e-6)
+    with pytest.raises(ValueError, match="input 'conditioned_with': 'bogus' is not one of"):
+        comfy.run(node(comfy, "PartIDEvaluatePair"), eval_models=no_clip, reference=astro, generation=astro,
+                  prompt="", conditioned_with="bogus")
+
+
 def test_reference_count_must_fit(comfy, loaded):
     two = torch.rand(2, 64, 64, 3)
     # the pack ComfyUI loaded has its own InputError class (a ValueError); match by name and message

@@ -204,7 +204,7 @@ def test_visual_persona_refuses_an_sd15_model(comfy, data, tiny_vp_file, tmp_pat
     assert err.value.input_name == "checkpoint" and "SDXL" in str(err.value)
 
 
-def test_consistentid_identity_models_from_paths_feed_the_real_prepare(comfy, photo_folder):
+def test_consistentid_identity_models_from_paths_feed_the_real_prepare(comfy, photo_folder, tmp_path, caplog):
     from fixtures_builders.cache import cached
     from fixtures_builders.clip_vision import clip_vision_h
     from fixtures_builders.insightface_packs import build_pack
@@ -233,6 +233,14 @@ def test_consistentid_identity_models_from_paths_feed_the_real_prepare(comfy, ph
     assert item["arcface"].shape == (512,) and item["mask"].shape == (16, 16)
     # The mask came from the face parser (no *_mask.png here): not the whole-image fallback.
     assert float(item["mask"].min()) < 1.0
+    # An image without a face trains on the zero embedding: said with its name (it used to pass in silence).
+    from PIL import Image
+
+    Image.new("RGB", (96, 96), (128, 128, 128)).save(tmp_path / "wall.png")
+    with caplog.at_level("WARNING", logger="partid.training"):
+        blank = prepare(str(tmp_path / "wall.png"), Sample("wall.png", "a wall", "wall"))
+    assert not bool(blank["arcface"].any())
+    assert "wall.png: no face found" in caplog.text and "zero identity embedding" in caplog.text
     for key, wrong in (("face_parser", str(segformer_clothes_folder())), ("clip_vision", str(bisenet_pth()))):
         with pytest.raises(InputError) as err:
             train.load_identity_models({key: wrong}, "ConsistentID", None)
