@@ -25,7 +25,7 @@ from ..models.consistentid import region_images as ri
 from ..models.consistentid.regions import REGION_ORDER, SLOT_OF_MASK, slot_positions
 from ..models.face_regions import face_regions
 from ..models.images import to_uint8
-from ..models.training.losses import resize_mask
+from ..models.training.losses import masks_on_grid
 
 
 @dataclass(frozen=True)
@@ -70,9 +70,8 @@ def facial_items(clip, clip_vision, parser, image: torch.Tensor, caption: str, f
 
     out = {"context": cond[0].float(), "clip_states": image_states[0].float(),
            "region_states": region_states[0].float(), "slot_positions": slot_positions(positions, fused),
-           "region_masks": torch.stack([resize_mask(masks[r][:1].float(), latent_hw).view(latent_hw)
-                                        for r in REGION_ORDER]),
-           "mask": resize_mask(masks["face"][:1].float(), latent_hw).view(latent_hw)}
+           "region_masks": masks_on_grid([masks[r] for r in REGION_ORDER], latent_hw),
+           "mask": masks_on_grid([masks["face"]], latent_hw)[0]}
     if pooled is not None:
         out["pooled"] = pooled[0].float()
     return out

@@ -30,7 +30,7 @@ from ..models.layouts.unet_attention import UNETS, UNetAttentionConfig
 from ..models.training import attention_maps as maps_engine
 from ..models.training.attention_hooks import IdentityBranch, TrainingHooks
 from ..models.training.dataset import CachedDataset, Sample, module_fingerprint
-from ..models.training.losses import LOSSES, localisation_loss, mask_mass, resize_mask
+from ..models.training.losses import LOSSES, localisation_loss, mask_mass, masks_on_grid
 from ..models.training.images import load_mask_file, load_rgb
 from ..models.training.objective import background_kept, noise_batch, noise_loss, total_loss
 from ..models.training.trainables import AdapterTrainables, flat_for_safetensors
@@ -112,7 +112,7 @@ def make_prepare(vae, clip, resolution: int, face_parser=None, analyzer=None, cl
             out.update(facial_items(clip, clip_vision, face_parser, image, sample.caption, facial, hw))
             file_mask = load_mask_file(path, resolution)      # the user's own face mask wins over the parser's
             if file_mask is not None:
-                out["mask"] = resize_mask(file_mask, hw).view(hw)
+                out["mask"] = masks_on_grid([file_mask], hw)[0]
             out["arcface"] = _arcface(analyzer, image, path)
             return out
         out = latent_and_text(vae, clip, image, sample.caption)
@@ -123,7 +123,7 @@ def make_prepare(vae, clip, resolution: int, face_parser=None, analyzer=None, cl
             mask = face_regions(face_parser.parse(image)).masks["face"].float()
         if mask is None:
             mask = torch.ones(1, resolution, resolution)
-        out["mask"] = resize_mask(mask, tuple(out["latent"].shape[-2:])).view(out["latent"].shape[-2:])
+        out["mask"] = masks_on_grid([mask], tuple(out["latent"].shape[-2:]))[0]
         out["arcface"] = _arcface(analyzer, image, path)
         if clip_vision is not None:   # the CLIP preprocessing of inference and of the region path
             from .consistentid_encode import encode_states

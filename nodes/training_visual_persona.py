@@ -21,7 +21,7 @@ from ..models.body_parts import PARTS, body_parts
 from ..models.errors import InputError
 from ..models.training.dataset import CachedDataset, Sample
 from ..models.training.images import load_rgb
-from ..models.training.losses import LOSSES, resize_mask
+from ..models.training.losses import LOSSES, masks_on_grid
 from ..models.training.objective import loss_curve_image
 from ..models.training.trainer import PRECISIONS, TrainConfig
 from ..models.visual_persona import SELECTED_PARTS, encode_parts, part_images
@@ -62,13 +62,9 @@ def make_vp_prepare(vae, clip, resolution: int, dinov2_weights, body_parser):
             features = encode_parts(encoder, images.pixels, SELECTED_PARTS)[0].float()
         masks = {k: v.clone() for k, v in masks.items()}
         out["part_features"] = features.clone()
-        hw = tuple(out["latent"].shape[-2:])
-        part_masks = []
-        for p in SELECTED_PARTS:
-            # A part the parser did not find stays empty: the session leaves it out of the loss.
-            m = masks[PARTS[p]].float() if bool(images.present[0, p]) else torch.zeros(1, resolution, resolution)
-            part_masks.append(resize_mask(m, hw).view(hw))
-        out["part_masks"] = torch.stack(part_masks)
+        # A part the parser did not find stays empty: the session leaves it out of the loss.
+        out["part_masks"] = masks_on_grid([masks[PARTS[p]] if bool(images.present[0, p]) else None
+                                           for p in SELECTED_PARTS], tuple(out["latent"].shape[-2:]))
         return out
 
     # Once every image is cached the run never needs DINOv2 again: its network (4.5 GB for ViT-g in fp32) goes.

@@ -46,6 +46,13 @@ def resize_mask(mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return m.flatten(1).clamp(0.0, 1.0)
 
 
+def masks_on_grid(masks, grid: tuple[int, int]) -> torch.Tensor:
+    """Masks for one training image ([H, W] or [1, H, W] each, any size; None = empty) -> [N, h, w] on the
+    latent grid (resize_mask's area averaging), as the dataset caches them."""
+    return torch.stack([torch.zeros(grid) if m is None else resize_mask(m[:1].float() if m.ndim == 3 else m.float(),
+                                                                         grid).view(grid) for m in masks])
+
+
 def _mean_of_each_samples_groups(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """values, valid [G, B] -> each sample's mean over its own present groups, summed and divided by B (a sample
     with no group adds zero). Linear in samples: a batch split over processes (DDP) or micro-batches gives the
