@@ -12,7 +12,8 @@ How an apply node uses it (ConsistentID and Visual Persona alike):
 Design notes (see REFERENCE.md 1.1):
 - the patch receives projected q/k/v and returns text attention + identity attention; ComfyUI applies
   attn2.to_out afterwards, which gives IP-Adapter's to_out(text + w * id) exactly;
-- cond/uncond are mapped per batch chunk through extra_options["cond_or_uncond"] (order not fixed);
+- each batch chunk gets the tokens of its conditioning's role (positive / negative) and its mask cropped
+  to its conditioning's area, as recorded at the start of the sampling run (nodes/sampling_run.py);
 - identity keys/values are projected once per block and cached until the model is offloaded;
 - ModelPatcher.clone() deep-copies patches: __deepcopy__ shares tokens, weights and the cache and
   copies only the options (weight, window, mask), so a clone can change them independently;
@@ -28,13 +29,15 @@ from typing import Any, Mapping
 
 import torch
 
-from ..models.attention.decoupled import (IdentityKeysValues, batch_for_chunks, expand_token_scale,
+from ..models.attention.decoupled import (IdentityKeysValues, batch_for_chunks, crop_to_area, expand_token_scale,
                                           identity_attention, mask_to_token_grid, project_identity_tokens,
                                           token_grid, tokens_for_chunks)
 from ..models.attention.unet_keys import (LORA_PROJECTIONS, BlockKey, cross_attention_blocks_of_module,
                                           processor_targets)
 from ..models.layouts.unet_attention import UNetAttentionConfig
 from ..models.errors import InputError
+from .sampling_run import (ROLES_WRAPPER, chunk_areas, chunk_roles, is_partid_patch, record_sampling_run,
+                           sigmas_of)
 
 KeysValues = tuple[torch.Tensor, torch.Tensor]
 
@@ -102,6 +105,9 @@ class IdentityGroup:
     """One identity applied to a model: its source and the options a user sets on the apply node.
 
     sigma_start / sigma_end: active while sigma_end <= sigma <= sigma_start (see `sigma_window`).
+    percents: the (start, end) percents they came from; when set, the sigmas are resolved again at the start
+      of each sampling run against the model sampling then in use (a ModelSamplingDiscrete / EDM node placed
+      after the apply node changes the schedule), as core ControlNet resolves its percents.
     mask: optional MASK [M, H, W] (any resolution, M 1 or the latent batch) limiting where it acts.
     token_scale: optional scale per token group (e.g. per body part), see expand_token_scale.
     node: the apply node that made it, named in errors raised while sampling.
@@ -114,6 +120,7 @@ class IdentityGroup:
     mask: torch.Tensor | None = None
     token_scale: torch.Tensor | list[float] | None = None
     node: str = "PartID apply node"
+    percents: tuple[float, float] | None = None
     _mask_cache: dict = field(default_factory=dict, repr=False)
     _gate: tuple[Any, bool] = field(default=(None, True), repr=False)
 
@@ -136,14 +143,28 @@ class IdentityGroup:
         if self.mask is None:
             return None
         grid = token_grid(n_query, extra_options.get("activations_shape"), extra_options.get("original_shape"))
-        key = (grid, device, dtype)
-        if key not in self._mask_cache:
-            self._mask_cache[key] = mask_to_token_grid(self.mask, grid).to(device=device, dtype=dtype)
+        areas = chunk_areas(extra_options, chunks)
         try:
-            return batch_for_chunks(self._mask_cache[key], chunks, per_chunk, "the mask")
+            if not any(areas):
+                return batch_for_chunks(self._grid_mask(grid, None, device, dtype), chunks, per_chunk, "the mask")
+            # A chunk of an area conditioning runs on the latent cropped to its area: the mask is cropped with it.
+            return torch.cat([batch_for_chunks(self._grid_mask(grid, area, device, dtype), 1, per_chunk, "the mask")
+                              for area in areas])
         except ValueError as exc:    # only the latent batch tells: raised at the first sampled step
             raise InputError(self.node, "mask", f"{exc}.", "give one mask for every image, or one mask per image "
                              "of the latent batch.") from exc
+
+    def _grid_mask(self, grid, area, device, dtype) -> torch.Tensor:
+        key = (grid, area, device, dtype)
+        if key not in self._mask_cache:
+            mask = self.mask if area is None else crop_to_area(self.mask, area[0], area[1])
+            self._mask_cache[key] = mask_to_token_grid(mask, grid).to(device=device, dtype=dtype)
+        return self._mask_cache[key]
+
+    def release_cache(self, keep_device: torch.device) -> None:
+        """Drop grid masks held on other devices and the last step's sigmas (the model was moved)."""
+        self._mask_cache = {k: m for k, m in self._mask_cache.items() if _same_device(m.device, keep_device)}
+        self._gate = (None, True)
 
     def scale_vector(self):
         if self.token_scale is None:
@@ -179,7 +200,7 @@ class DecoupledAttentionPatch:
         active = [g for g in self.groups if g.weight != 0 and g.is_active(sigmas)]
         if not active:
             return text
-        order = extra_options.get("cond_or_uncond")
+        order = chunk_roles(extra_options)
         batch, n_query = q.shape[0], q.shape[1]
         chunks = len(order) if order and batch % len(order) == 0 else 1
         inputs = []
@@ -204,6 +225,7 @@ class DecoupledAttentionPatch:
             device = torch.device(device_or_dtype)
             for g in self.groups:
                 g.source.release_cache(keep_device=device)
+                g.release_cache(keep_device=device)
         if hasattr(self.previous, "to"):
             self.previous = self.previous.to(device_or_dtype)
         return self
@@ -215,14 +237,9 @@ class DecoupledAttentionPatch:
         return found
 
 
-def is_partid_patch(patch) -> bool:
-    return bool(getattr(patch, "partid_decoupled_attention", False))
-
-
 def sigma_window(patcher, start_percent: float, end_percent: float) -> tuple[float, float]:
     """Node-time (start, end) percents of the schedule -> (sigma_start, sigma_end) for IdentityGroup."""
-    ms = patcher.get_model_object("model_sampling")
-    return float(ms.percent_to_sigma(start_percent)), float(ms.percent_to_sigma(end_percent))
+    return sigmas_of(patcher.get_model_object("model_sampling"), start_percent, end_percent)
 
 
 def ip_weights_by_block(patcher_or_config, layout: UNetAttentionConfig, state_dict: Mapping[str, torch.Tensor]):
@@ -270,6 +287,10 @@ def install_identity_group(patcher, group: IdentityGroup) -> list[BlockKey]:
         else:
             patch = DecoupledAttentionPatch(b.key, [group], existing)
         patcher.set_model_attn2_replace(patch, *b.key)
+    from comfy.patcher_extension import WrappersMP
+
+    if not patcher.get_wrappers(WrappersMP.OUTER_SAMPLE, ROLES_WRAPPER):
+        patcher.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, ROLES_WRAPPER, record_sampling_run)
     return [b.key for b in blocks]
 
 

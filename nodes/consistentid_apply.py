@@ -28,9 +28,10 @@ from .attention_patch import (IdentityGroup, IdentitySource, add_adapter_lora, i
                               ip_weights_by_block, sigma_window)
 from .face_analysis import SKIPPED_ATTR
 from .validate import (CONSISTENTID_BASE_FIX, check_identity_mask, check_window, require_adapter, require_base_model,
-                       require_choice)
+                       require_choice, window_tooltips)
 
 NODE = "PartID ConsistentID Apply"
+WINDOW = window_tooltips("ID-token attention", (", as the official", ", as the official"))
 _CACHE_ATTR = "_partid_proj_plus"     # managed.Managed (ProjPlus) kept on the adapter object
 
 
@@ -67,7 +68,10 @@ def apply_consistentid(model, adapter, embeddings, image_states, weight: float =
     """A patched clone of `model`. `layout` defaults to the adapter's base (tests pass tiny layouts)."""
     layout = layout or UNETS[adapter.format.base]
     modules = adapter.groups["adapter_modules"]
-    device, dtype = torch.device(model.load_device), model.model_dtype()
+    # ComfyUI may store weights in fp16 but compute in fp32 (manual cast: CPUs, GPUs without safe fp16):
+    # the tokens follow the compute dtype, as the attention they enter does.
+    device = torch.device(model.load_device)
+    dtype = getattr(model.model, "manual_cast_dtype", None) or model.model_dtype()
     if dtype not in (torch.float16, torch.bfloat16, torch.float32):
         dtype = torch.float16 if device.type != "cpu" else torch.float32   # fp8 UNets: tokens in fp16
     try:
@@ -83,7 +87,8 @@ def apply_consistentid(model, adapter, embeddings, image_states, weight: float =
             add_adapter_lora(patched, modules, layout)
         source = IdentitySource({0: cond, 1: uncond}, weights)
         sigma_start, sigma_end = sigma_window(patched, start_at, end_at)
-        install_identity_group(patched, IdentityGroup(source, weight, sigma_start, sigma_end, mask=mask, node=NODE))
+        install_identity_group(patched, IdentityGroup(source, weight, sigma_start, sigma_end, mask=mask, node=NODE,
+                                                      percents=(start_at, end_at)))
     except ValueError as exc:
         raise InputError(NODE, "model", str(exc) + ".", "connect the base model the adapter was made for.") from exc
     return patched
@@ -105,10 +110,8 @@ class ConsistentIDApply(io.ComfyNode):
                 types.CIDImageStates.Input("image_states", tooltip="From PartID ConsistentID Encode."),
                 io.Float.Input("weight", default=1.0, min=-1.0, max=5.0, step=0.05,
                                tooltip="Scale of the ID-token attention (official 1.0)."),
-                io.Float.Input("start_at", default=0.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="Fraction of sampling before the ID tokens act (official 0)."),
-                io.Float.Input("end_at", default=1.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="Fraction of sampling after which the ID tokens stop (official 1)."),
+                io.Float.Input("start_at", default=0.0, min=0.0, max=1.0, step=0.01, tooltip=WINDOW[0]),
+                io.Float.Input("end_at", default=1.0, min=0.0, max=1.0, step=0.01, tooltip=WINDOW[1]),
                 io.Boolean.Input("lora", default=True, tooltip="The adapter's rank-128 LoRA on every attention (official: "
                                  "on). Not limited by start_at/end_at or the mask."),
                 io.Combo.Input("combine", options=list(cid_identity.COMBINE), default="average",

@@ -43,6 +43,17 @@ def require_adapter(node: str, adapter, family: str, groups: tuple[str, ...] = (
     return base
 
 
+# start_at / end_at are percents of the model's noise range (as ControlNet's start/end_percent), not of the steps.
+WINDOW_NOTE = ("A fraction of the model's noise range, as ControlNet's start/end percent, not of the steps: with a "
+               "karras schedule or denoise < 1 a window covers fewer steps than its width suggests.")
+
+
+def window_tooltips(what: str, official: tuple[str, str] = ("", "")) -> tuple[str, str]:
+    """Tooltips of an apply node's start_at and end_at."""
+    return (f"Start of the window where the {what} acts (0: from pure noise{official[0]}). {WINDOW_NOTE}",
+            f"End of the window where the {what} acts (1: to the end{official[1]}). {WINDOW_NOTE}")
+
+
 def check_window(node: str, start_at: float, end_at: float) -> None:
     """An apply node's sampling window: start_at must not come after end_at (ComfyUI checks each bound alone)."""
     if start_at > end_at:

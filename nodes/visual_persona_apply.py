@@ -26,10 +26,12 @@ from ..models.layouts.unet_attention import SDXL, UNetAttentionConfig
 from . import canvas_ui, types
 from .identity_tokens import require_identity
 from .attention_patch import IdentityGroup, IdentitySource, install_identity_group, ip_weights_by_block, sigma_window
-from .validate import VISUAL_PERSONA_BASE_FIX, check_identity_mask, check_window, require_adapter, require_base_model
+from .validate import (VISUAL_PERSONA_BASE_FIX, check_identity_mask, check_window, require_adapter, require_base_model,
+                       window_tooltips)
 from .visual_persona_encode import SOURCE
 
 NODE = "PartID Visual Persona Apply"
+WINDOW = window_tooltips("identity attention")
 
 
 def check_inputs(model, adapter, identity) -> None:
@@ -86,7 +88,7 @@ def apply_visual_persona(model, adapter, identity: IdentityTokens, weight: float
         source = IdentitySource({0: cond, 1: uncond}, weights)
         sigma_start, sigma_end = sigma_window(patched, start_at, end_at)
         install_identity_group(patched, IdentityGroup(source, weight, sigma_start, sigma_end, mask=mask, node=NODE,
-                                                      token_scale=scale))
+                                                      token_scale=scale, percents=(start_at, end_at)))
     except ValueError as exc:
         raise InputError(NODE, "model", str(exc) + ".", "connect an SDXL 1.0 model (Visual Persona's base).") from exc
     return patched
@@ -105,10 +107,8 @@ class VisualPersonaApply(io.ComfyNode):
                     types.Identity.Input("identity", tooltip="From PartID Visual Persona Encode (or Identity Weights)."),
                     io.Float.Input("weight", default=0.7, min=-1.0, max=5.0, step=0.05,
                                    tooltip="Scale of the identity attention (released scripts: 0.7)."),
-                    io.Float.Input("start_at", default=0.0, min=0.0, max=1.0, step=0.01,
-                                   tooltip="Fraction of sampling before the identity acts."),
-                    io.Float.Input("end_at", default=1.0, min=0.0, max=1.0, step=0.01,
-                                   tooltip="Fraction of sampling after which the identity stops."),
+                    io.Float.Input("start_at", default=0.0, min=0.0, max=1.0, step=0.01, tooltip=WINDOW[0]),
+                    io.Float.Input("end_at", default=1.0, min=0.0, max=1.0, step=0.01, tooltip=WINDOW[1]),
                     io.Mask.Input("mask", optional=True, tooltip="Where this identity acts (white). Default: everywhere.")],
             outputs=[io.Model.Output()],
         )

@@ -106,19 +106,29 @@ def mask_to_token_grid(mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tenso
     return m.flatten(1).clamp_(0.0, 1.0)
 
 
+def crop_to_area(mask: torch.Tensor, area: tuple[int, int, int, int], latent_hw: tuple[int, int]) -> torch.Tensor:
+    """The part of a whole-image MASK [M, H, W] (any resolution) under a conditioning area (h, w, y, x) of a
+    latent of size latent_hw, ComfyUI's area units: what the model sees when it runs on that crop."""
+    h, w, y, x = area
+    rows, cols = mask.shape[-2] / latent_hw[0], mask.shape[-1] / latent_hw[1]
+    top, left = min(int(y * rows), mask.shape[-2] - 1), min(int(x * cols), mask.shape[-1] - 1)
+    bottom = max(top + 1, min(mask.shape[-2], math.ceil((y + h) * rows)))
+    right = max(left + 1, min(mask.shape[-1], math.ceil((x + w) * cols)))
+    return mask[..., top:bottom, left:right]
+
+
 def batch_for_chunks(t: torch.Tensor, chunks: int, per_chunk: int, what: str = "tensor") -> torch.Tensor:
     """Fit a per-sample tensor [M, ...] to a batch of `chunks` x `per_chunk` samples.
 
     M == 1 is shared by every sample; M == per_chunk follows the latent batch in every chunk (cond
-    and uncond alike); M == chunks * per_chunk is already aligned.
+    and uncond alike). Nothing else: a batch of chunks x latent batch would pair its entries with
+    chunks in ComfyUI's (unfixed) chunk order.
     """
     m, total = t.shape[0], chunks * per_chunk
-    if m == total:
-        return t
     if m == 1:
         return t.expand(total, *t.shape[1:])
     if m == per_chunk:
-        return t.repeat(chunks, *([1] * (t.ndim - 1)))
+        return t.repeat(chunks, *([1] * (t.ndim - 1))) if chunks > 1 else t
     raise ValueError(f"{what} has batch {m}; the latent batch is {per_chunk} (x{chunks} cond/uncond chunks)")
 
 

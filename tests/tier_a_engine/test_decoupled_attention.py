@@ -92,6 +92,8 @@ def test_mask_resizing_and_batching():
     assert batch_for_chunks(m.flatten(1), chunks=2, per_chunk=3).shape == (6, 32)
     with pytest.raises(ValueError):
         batch_for_chunks(torch.zeros(2, 5), chunks=2, per_chunk=3)
+    with pytest.raises(ValueError):     # 2 masks, latent batch 1: was split between cond and uncond in chunk order
+        batch_for_chunks(torch.zeros(2, 5), chunks=2, per_chunk=1)
     with pytest.raises(ValueError):
         token_grid(7, original_shape=[1, 4, 16, 16])
 

@@ -227,19 +227,175 @@ def test_identity_tokens_follow_cond_or_uncond_whatever_the_order(ap, sd15):
     assert not torch.allclose(forward(patched, a, ctx_a, [1]), alone_cond, atol=1e-3)
 
 
+class RoleSpy:
+    """Wraps the PartID patch of one block: per chunk, which prompt it carries (by its context) and which
+    identity tokens it got (its identity term against the cond and the uncond tokens, computed naively)."""
+
+    def __init__(self, inner, source, key, prompts):
+        self.inner, self.source, self.key, self.prompts, self.seen = inner, source, key, prompts, set()
+
+    def __call__(self, q, k, v, extra_options):
+        from comfy.ldm.modules import attention as comfy_attention
+
+        out = self.inner(q, k, v, extra_options)
+        heads = extra_options["n_heads"]
+        identity = out - comfy_attention.optimized_attention(q, k, v, heads)
+        order = extra_options["cond_or_uncond"]
+        per = q.shape[0] // len(order)
+        wk, wv = self.source.block_weights[self.key]
+        for chunk in range(len(order)):
+            rows = slice(chunk * per, (chunk + 1) * per)
+            first = float(k[rows][0, 0, 0])
+            prompt = min(self.prompts, key=lambda name: abs(self.prompts[name] - first))
+            used = [name for name, t in (("cond", self.source.tokens[0]), ("uncond", self.source.tokens[1]))
+                    if torch.allclose(identity[rows], naive_attention(q[rows], (t @ wk.T).expand(per, -1, -1),
+                                                                      (t @ wv.T).expand(per, -1, -1), heads),
+                                      atol=1e-4)]
+            self.seen.add((prompt, tuple(used)))
+        return out
+
+
+def test_each_prompt_gets_the_tokens_of_its_role_under_every_core_guider(ap, sd15):
+    """DualCFG passes [negative, middle, positive], PerpNeg [positive, negative, empty], SAG re-runs the negative
+    alone (index 0): cond_or_uncond is a position, not a role. Positive and middle prompts must get the cond
+    tokens, negative and empty ones the uncond tokens (before: DualCFG's negative and PerpNeg's empty prompt got
+    the identity, and SAG's re-run of the negative too)."""
+    import comfy.samplers
+    from comfy_extras import nodes_custom_sampler, nodes_perpneg, nodes_sag
+
+    key = ("middle", 0, 0)
+    source = make_source(ap, sd15)
+    contexts = {name: rand(1, 77, 768, seed=seed) for name, seed in
+                (("positive", 21), ("middle", 22), ("negative", 23), ("empty", 24))}
+    conds = {name: [[ctx, {}]] for name, ctx in contexts.items()}
+    expected = {"positive": ("cond",), "middle": ("cond",), "negative": ("uncond",), "empty": ("uncond",)}
+
+    def run(make_guider, sag=False):
+        patched = install(ap, sd15, source, weight=1.0)
+        if sag:
+            patched = nodes_sag.SelfAttentionGuidance.execute(patched, 0.5, 2.0)[0]
+        # the block's k carries the prompt: to_k of its context, told apart by the first value
+        wk = next(m for n, m in sd15.model.diffusion_model.named_modules()
+                  if n.startswith("middle_block") and n.endswith("attn2.to_k")).weight.detach()
+        prompts = {name: float((ctx[0, 0] @ wk.T)[0]) for name, ctx in contexts.items()}
+        spy = RoleSpy(attn2(patched)[key], source, key, prompts)
+        patched.set_model_attn2_replace(spy, *key)
+        guider = make_guider(patched)
+        sigmas = comfy.samplers.calculate_sigmas(sd15.get_model_object("model_sampling"), "normal", 2)
+        guider.sample(rand(1, 4, 16, 16, seed=0), torch.zeros(1, 4, 16, 16), comfy.samplers.sampler_object("euler"),
+                      sigmas, seed=0, disable_pbar=True)
+        return spy.seen
+
+    def cfg(p):
+        g = comfy.samplers.CFGGuider(p)
+        g.set_conds(conds["positive"], conds["negative"])
+        g.set_cfg(4.0)
+        return g
+
+    def dual(p):
+        g = nodes_custom_sampler.Guider_DualCFG(p)
+        g.set_conds(conds["positive"], conds["middle"], conds["negative"])
+        g.set_cfg(4.0, 2.0)
+        return g
+
+    def perpneg(p):
+        g = nodes_perpneg.Guider_PerpNeg(p)
+        g.set_conds(conds["positive"], conds["negative"], conds["empty"])
+        g.set_cfg(4.0, 1.0)
+        return g
+
+    for name, make, sag, prompts in (("CFG", cfg, False, {"positive", "negative"}),
+                                     ("DualCFG", dual, False, {"positive", "middle", "negative"}),
+                                     ("PerpNeg", perpneg, False, {"positive", "negative", "empty"}),
+                                     ("CFG + SAG", cfg, True, {"positive", "negative"})):
+        seen = run(make, sag)
+        assert seen == {(p, expected[p]) for p in prompts}, (name, seen)
+
+
+def test_the_window_follows_a_model_sampling_node_placed_after_the_apply_node(ap, sd15):
+    """start_at/end_at are percents of the model's schedule: resolved again when sampling starts, so a
+    ModelSamplingContinuousEDM (or zsnr ModelSamplingDiscrete) after the apply node moves the window with it, as
+    core ControlNet's percents move (they were fixed at the apply node: 12 of 20 karras steps instead of 14)."""
+    from comfy_extras import nodes_model_advanced
+
+    hi, lo = ap.sigma_window(sd15, 0.0, 0.5)
+    patched = install(ap, sd15, make_source(ap, sd15), weight=1.0, sigma_start=hi, sigma_end=lo, percents=(0.0, 0.5))
+    after = nodes_model_advanced.ModelSamplingContinuousEDM().patch(patched, "v_prediction", 120.0, 0.002)[0]
+    group = attn2(after)[("middle", 0, 0)].groups[0]
+    assert (group.sigma_start, group.sigma_end) == (hi, lo)
+    sample(after, steps=2)
+    assert (group.sigma_start, group.sigma_end) == ap.sigma_window(after, 0.0, 0.5) != (hi, lo)
+    assert attn2(patched)[("middle", 0, 0)].groups[0].sigma_end == lo      # the model before it keeps its own
+
+
+def test_a_short_key_patch_added_after_partid_is_reported(ap, sd15, caplog):
+    """IPAdapter-style packs register SD1.5 blocks under (name, id); ComfyUI looks up PartID's (name, id, depth)
+    first, so theirs never runs when added after PartID: said at sampling start. Added before, PartID wraps it."""
+    calls = []
+
+    def foreign(q, k, v, extra_options):
+        calls.append(1)
+        from comfy.ldm.modules import attention as comfy_attention
+
+        return comfy_attention.optimized_attention(q, k, v, extra_options["n_heads"])
+
+    source = make_source(ap, sd15)
+    after = install(ap, sd15, source)
+    after.set_model_attn2_replace(foreign, "middle", 0)
+    with caplog.at_level("WARNING", logger="partid"):
+        sample(after, steps=1)
+    assert not calls and "does not run: put PartID's apply node after the other identity node" in caplog.text
+    caplog.clear()
+    before = sd15.clone()
+    before.set_model_attn2_replace(foreign, "middle", 0)
+    with caplog.at_level("WARNING", logger="partid"):
+        sample(install(ap, before, source), steps=1)
+    assert calls and "does not run" not in caplog.text
+
+
+def test_an_area_conditioning_sees_the_mask_cropped_to_its_area(ap, sd15, comfy):
+    """Two people: the identity's mask is the left half; a second prompt is an area on the right half. ComfyUI
+    runs the area prompt on the latent cropped to that area, so there the identity must add nothing (the whole
+    mask used to be squeezed into the crop: the identity acted on the crop's left half)."""
+    from comfy import sample as comfy_sample      # not `import comfy.sample`: that would shadow the fixture
+    from comfy.ldm.modules import attention as comfy_attention
+
+    mask = torch.zeros(1, 128, 256)
+    mask[:, :, :128] = 1.0
+    patched = install(ap, sd15, make_source(ap, sd15), weight=1.0, mask=mask)
+    key = ("input", 1, 0)
+    spy = Spy(attn2(patched)[key])
+    patched.set_model_attn2_replace(spy, *key)
+    right = comfy.nodes.ConditioningSetArea().append([[rand(1, 77, 768, seed=13), {}]], width=128, height=128, x=128,
+                                                     y=0, strength=1.0)[0]
+    positive = [[rand(1, 77, 768, seed=12), {}]] + right
+    comfy_sample.sample(patched, rand(1, 4, 16, 32, seed=0), 1, 4.0, "euler", "normal", positive,
+                        [[rand(1, 77, 768, seed=11), {}]], torch.zeros(1, 4, 16, 32))
+    seen = {}
+    for q, k, v, options, out in spy.calls:
+        h, w = options["activations_shape"][-2:]
+        identity = (out - comfy_attention.optimized_attention(q, k, v, options["n_heads"])).abs().mean(-1)
+        seen.setdefault((h, w), []).append(identity.view(-1, h, w))
+    whole, area = torch.cat(seen[(16, 32)]), torch.cat(seen[(16, 16)])
+    assert float(whole[..., :16].mean()) > 0.1 and float(whole[..., 16:].abs().max()) < 1e-6
+    assert float(area.abs().max()) < 1e-6
+
+
 # --- (e) K/V once per run ----------------------------------------------------------------------------------------
 
 def test_identity_keys_values_are_projected_once_per_run_not_per_step(ap, sd15):
     source = make_source(ap, sd15)
-    patched = install(ap, sd15, source)
+    patched = install(ap, sd15, source, mask=torch.ones(1, 128, 128), sigma_start=1e9, sigma_end=0.0)
     spies = spy_all(patched)
     sample(patched, steps=4)
     n_blocks = len(blocks_of(sd15))
     assert sum(len(s.calls) for s in spies.values()) == 4 * n_blocks
     assert source.projection_count == n_blocks * 2  # cond and uncond tokens, each once per block
-    # ComfyUI calls patch.to(offload device) when it offloads the model: the cache is released
+    group = spies[("middle", 0, 0)].inner.groups[0]
+    assert group._mask_cache and group._gate[0] is not None
+    # ComfyUI calls patch.to(offload device) when it offloads the model: the caches are released
     spies[("middle", 0, 0)].inner.to(torch.device("meta"))
-    assert source._cache == {}
+    assert source._cache == {} and group._mask_cache == {} and group._gate[0] is None
     sample(patched, steps=2)
     assert source.projection_count == n_blocks * 4  # the next run projects once again
 

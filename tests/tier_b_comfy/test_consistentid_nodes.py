@@ -311,6 +311,15 @@ def sdxl_adapter(layout, seed=0):
     return model_files.AdapterWeights(formats.ADAPTER_FORMATS[1], "tiny_sdxl_consistentid.bin", groups)
 
 
+def sdxl_layout(ch: int):
+    """The SDXL attention layout at `ch` model channels (the real one has 320)."""
+    from partid.models.layouts.unet_attention import UNetAttentionConfig
+
+    return UNetAttentionConfig(f"sdxl_{ch}", 2048, down=(("down_blocks.1", 2 * ch, 2, 2), ("down_blocks.2", 4 * ch, 2, 10)),
+                               up=(("up_blocks.0", 4 * ch, 3, 10), ("up_blocks.1", 2 * ch, 3, 2)),
+                               mid=("mid_block", 4 * ch, 1, 10))
+
+
 def test_sdxl_small_channels_samples_with_all_70_blocks(comfy):
     import comfy.model_patcher
     import comfy.sample
@@ -318,16 +327,13 @@ def test_sdxl_small_channels_samples_with_all_70_blocks(comfy):
     from fixtures_builders.sd_models import SDXL_UNET, init_random_
 
     from partid.models.consistentid.region_images import ImageStates
-    from partid.models.layouts.unet_attention import UNetAttentionConfig
     from partid.nodes.consistentid_apply import apply_consistentid
 
     ch = 64
     cpu = torch.device("cpu")
     unet = init_random_(comfy.supported_models.SDXL(dict(SDXL_UNET, model_channels=ch)).get_model({}, device="cpu"), 0)
     model = comfy.model_patcher.ModelPatcher(unet, cpu, cpu)
-    layout = UNetAttentionConfig("sdxl_64", 2048, down=(("down_blocks.1", 2 * ch, 2, 2), ("down_blocks.2", 4 * ch, 2, 10)),
-                                 up=(("up_blocks.0", 4 * ch, 3, 10), ("up_blocks.1", 2 * ch, 3, 2)),
-                                 mid=("mid_block", 4 * ch, 1, 10))
+    layout = sdxl_layout(ch)
     adapter = sdxl_adapter(layout)
     gen = torch.Generator().manual_seed(3)
     states = ImageStates(torch.randn(1, 16, 1280, generator=gen), torch.randn(16, 1280, generator=gen))  # any N
@@ -350,6 +356,31 @@ def test_sdxl_small_channels_samples_with_all_70_blocks(comfy):
     out = sample(patched)
     assert torch.isfinite(out).all() and not torch.equal(out, plain)
     assert torch.equal(sample(neutral), plain)
+
+
+def test_id_tokens_follow_the_compute_dtype_of_a_manual_cast_model(comfy):
+    """ComfyUI stores fp16 weights but computes in fp32 where fp16 is unsafe (manual cast): the ProjPlus
+    tokens must be fp32 there (model_dtype() says fp16)."""
+    import comfy.model_patcher
+    import comfy.supported_models
+    from fixtures_builders.sd_models import SDXL_UNET, init_random_
+
+    from partid.models.consistentid.region_images import ImageStates
+    from partid.nodes.consistentid_apply import apply_consistentid
+
+    ch = 64
+    cpu = torch.device("cpu")
+    config = comfy.supported_models.SDXL(dict(SDXL_UNET, model_channels=ch))
+    config.set_inference_dtype(torch.float16, torch.float32)
+    model = comfy.model_patcher.ModelPatcher(init_random_(config.get_model({}, device="cpu"), 0), cpu, cpu)
+    assert model.model_dtype() == torch.float16 and model.model.manual_cast_dtype == torch.float32
+    layout = sdxl_layout(ch)
+    gen = torch.Generator().manual_seed(3)
+    states = ImageStates(torch.randn(1, 16, 1280, generator=gen), torch.randn(16, 1280, generator=gen))
+    embeds = torch.nn.functional.normalize(torch.randn(1, 512, generator=gen), dim=-1)
+    patched = apply_consistentid(model, sdxl_adapter(layout), embeds, states, layout=layout)
+    tokens = next(iter(attn2(patched).values())).groups[0].source.tokens
+    assert tokens[0].dtype == tokens[1].dtype == torch.float32
 
 
 def test_sdxl_real_adapter_installs_on_the_full_size_layout(comfy, model_dirs):
